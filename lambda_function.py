@@ -1,0 +1,1285 @@
+"""Copy a Redshift table to Fivetran, batch after batch, exactly.
+
+An AWS Lambda function for Fivetran's "AWS Lambda" connector. Each invocation reads the next
+slice of one table in (cursor..., primary key...) order with a keyset query, and returns it
+as Fivetran's JSON response (``state``, ``insert``, ``schema``, ``hasMore``). Later syncs pick
+up only new and changed rows. See README.md for the settings and how paging works.
+
+The file is laid out top to bottom: constants, errors, names, configuration, state, SQL
+building, value encoding, batch assembly, database I/O, the core read, the Lambda handler,
+the command line. Everything above "Database I/O" is pure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import ssl
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pg8000.native
+from pg8000.converters import PG_TYPES
+
+__version__ = "0.1.0"
+
+# ---------------------------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------------------------
+
+LAMBDA_RESPONSE_LIMIT_BYTES = 6_291_556
+DEFAULT_PORT = 5439
+DEFAULT_LIMIT = 100_000
+DEFAULT_MAX_RESPONSE_BYTES = 5_500_000
+MAX_MAX_RESPONSE_BYTES = 6_000_000
+MIN_MAX_RESPONSE_BYTES = 10_000
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_SSLMODE = "verify-full"
+SSLMODES = ("disable", "require", "verify-ca", "verify-full")
+FIRST_PAGE_ROWS = 1_000  # rows read first when the state has no bytes-per-row estimate yet
+MIN_PAGE_ROWS = 100
+PAGE_OVERSHOOT = 1.05  # read a little more than the byte budget is expected to hold
+LOCAL_RUN_TIME_MS = 900_000  # time assumed when there is no Lambda context (local runs)
+TIME_MARGIN_MAX_MS = 15_000  # kept free at the end of an invocation to return cleanly
+MIN_TIME_LEFT_MS = 3_000  # below this an invocation refuses to start a query
+STATE_VERSION = 1
+MAX_IDENTIFIER_BYTES = 127  # Redshift's limit
+APPLICATION_NAME = "redshift-lambda"
+
+# Type OIDs (PostgreSQL's, which Redshift shares for the types it has).
+OID_BOOL, OID_BYTEA, OID_INT8, OID_INT2, OID_INT4, OID_OID = 16, 17, 20, 21, 23, 26
+OID_JSON, OID_JSONB, OID_FLOAT4, OID_FLOAT8 = 114, 3802, 700, 701
+OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_NUMERIC = 1114, 1184, 1700
+UNORDERABLE_OIDS = {OID_JSON, OID_JSONB, OID_FLOAT4, OID_FLOAT8}
+
+# The settings (the connector's secrets): name -> one-line meaning. README's table lists them.
+SETTINGS: dict[str, str] = {
+    "host": "Redshift endpoint host name",
+    "port": "port",
+    "dbname": "database name (alias: database)",
+    "database": "alias of dbname",
+    "user": "database user",
+    "password": "password of that user",
+    "table": "table or schema.table to copy",
+    "cursor": "column(s) that order rows and grow when a row changes",
+    "primary_key": "column(s) that identify a row (default: the table's declared key)",
+    "limit": "maximum rows per response",
+    "max_response_bytes": "byte budget of one serialised response",
+    "sslmode": "disable, require, verify-ca or verify-full",
+    "sslrootcert": "PEM text of the CA certificate(s) to trust",
+    "destination_table": "table name Fivetran writes to",
+    "connect_timeout_s": "seconds to wait for a connection",
+    "statement_timeout_s": "upper bound on one query's seconds",
+    "lookback": "how far back each new sync starts (time cursors)",
+}
+
+logger = logging.getLogger("redshift_lambda")
+_level = os.environ.get("LOG_LEVEL", "INFO").upper()
+logger.setLevel(_level if _level in logging.getLevelNamesMapping() else "INFO")
+
+JSONValue = Any
+Row = dict[str, JSONValue]
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+class ConnectorError(Exception):
+    """Base of every error this function raises on purpose."""
+
+
+class ConfigurationError(ConnectorError):
+    """A setting or the request is missing or malformed."""
+
+
+class StateError(ConnectorError):
+    """The state in the request is malformed or belongs to another configuration."""
+
+
+class SourceError(ConnectorError):
+    """The database could not be reached or refused a query."""
+
+
+class SourceTimeoutError(SourceError):
+    """A query or the connection ran out of time."""
+
+
+class RowTooLargeError(ConnectorError):
+    """A single row does not fit in the response byte budget."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Names: parse the settings' identifiers, quote them through one helper
+# ---------------------------------------------------------------------------------------------
+
+_BARE_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+
+
+def validate_identifier(name: str, setting: str) -> str:
+    """Return ``name`` if it can be a Redshift identifier, else raise ConfigurationError."""
+    if not name:
+        raise ConfigurationError(f"{setting}: a name is empty; expected a column or table name")
+    if "\x00" in name:
+        raise ConfigurationError(f"{setting}: a name contains a NUL character, which is invalid")
+    size = len(name.encode("utf-8"))
+    if size > MAX_IDENTIFIER_BYTES:
+        raise ConfigurationError(
+            f"{setting}: a name is {size} bytes long; Redshift allows at most "
+            f"{MAX_IDENTIFIER_BYTES} bytes"
+        )
+    return name
+
+
+def quote_identifier(name: str) -> str:
+    """Quote one identifier for SQL text: the only way a name enters a statement."""
+    validate_identifier(name, "identifier")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def parse_identifiers(text: str, separator: str, setting: str) -> tuple[str, ...]:
+    """Split ``text`` on ``separator`` into identifiers.
+
+    A part is a bare name (folded to lower case, as Redshift does) or a double-quoted SQL
+    identifier (kept exactly; ``""`` inside stands for one ``"``).
+    """
+    expected = (
+        'expected names like orders, public.orders or "Sales Data"."Order Lines"'
+        if separator == "."
+        else 'expected a comma-separated list of column names like updated_at, id or "Order Id"'
+    )
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n and text[i] == '"':
+            j, chars = i + 1, []
+            while True:
+                if j >= n:
+                    raise ConfigurationError(f"{setting}: unbalanced double quote; {expected}")
+                if text[j] == '"':
+                    if j + 1 < n and text[j + 1] == '"':
+                        chars.append('"')
+                        j += 2
+                        continue
+                    break
+                chars.append(text[j])
+                j += 1
+            parts.append(validate_identifier("".join(chars), setting))
+            i = j + 1
+        else:
+            j = i
+            while j < n and text[j] != separator and not text[j].isspace():
+                j += 1
+            word = text[i:j]
+            if not _BARE_IDENTIFIER.fullmatch(word):
+                problem = (
+                    "an empty name" if not word else "a name with characters that need quoting"
+                )
+                raise ConfigurationError(f"{setting}: {problem}; {expected}")
+            parts.append(validate_identifier(word.lower(), setting))
+            i = j
+        while i < n and text[i].isspace():
+            i += 1
+        if i == n:
+            return tuple(parts)
+        if text[i] != separator:
+            raise ConfigurationError(f"{setting}: unexpected character after a name; {expected}")
+        i += 1
+
+
+def display_name(parts: Sequence[str]) -> str:
+    """The dotted, quoted-where-needed form of a name for messages and state keys."""
+    return ".".join(
+        p if _BARE_IDENTIFIER.fullmatch(p) and p == p.lower() else quote_identifier(p)
+        for p in parts
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting, parsed and validated."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str = field(repr=False)
+    table: tuple[str, ...]  # (name,) or (schema, name)
+    cursor: tuple[str, ...]
+    primary_key: tuple[str, ...] | None
+    limit: int
+    max_response_bytes: int
+    sslmode: str
+    sslrootcert: str | None = field(repr=False)
+    destination_table: str
+    connect_timeout_s: float
+    statement_timeout_s: float | None
+    lookback_s: int
+
+
+def _text_setting(secrets: Mapping[str, Any], key: str, *, required: bool) -> str | None:
+    value = secrets.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise ConfigurationError(f"setting '{key}' is missing; expected {SETTINGS[key]}")
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"setting '{key}' must be a string, not {type(value).__name__}; "
+            f"expected {SETTINGS[key]}"
+        )
+    return value.strip() if key != "password" else value
+
+
+def _int_setting(secrets: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = secrets.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigurationError(f"setting '{key}' must be a whole number like \"{default}\"")
+    if isinstance(value, str):
+        if not re.fullmatch(r"\s*[0-9]+\s*", value):
+            raise ConfigurationError(f"setting '{key}' must be a whole number like \"{default}\"")
+        value = int(value)
+    if not low <= value <= high:
+        raise ConfigurationError(f"setting '{key}' must be between {low} and {high}, got {value}")
+    return value
+
+
+def _seconds_setting(secrets: Mapping[str, Any], key: str, default: float | None) -> float | None:
+    value = secrets.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigurationError(f"setting '{key}' must be a number of seconds like \"30\"")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"setting '{key}' must be a number of seconds like \"30\""
+        ) from None
+    if not math.isfinite(seconds) or not 0 < seconds <= 3600:
+        raise ConfigurationError(f"setting '{key}' must be more than 0 and at most 3600 seconds")
+    return seconds
+
+
+_DURATION = re.compile(r"\s*([0-9]+)\s*([smhd]?)\s*")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration_s(value: Any, key: str) -> int:
+    """Seconds in ``3600``, ``"3600"``, ``"90s"``, ``"15m"``, ``"2h"`` or ``"1d"``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ConfigurationError(
+            f'setting \'{key}\' must be a duration like "3600", "90s", "15m", "2h" or "1d"'
+        )
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds > 366 * 86400:
+        raise ConfigurationError(f"setting '{key}' must be at most 366 days")
+    return seconds
+
+
+def parse_config(secrets: Any) -> Config:
+    """Validate every setting before anything connects; raise ConfigurationError if one is bad."""
+    if not isinstance(secrets, Mapping):
+        raise ConfigurationError(
+            "the request's 'secrets' must be an object of settings (host, dbname, user, ...)"
+        )
+    unknown = sorted(str(k) for k in secrets if k not in SETTINGS)
+    if unknown:
+        logger.warning("ignoring unknown setting(s): %s", ", ".join(unknown))
+
+    host = _text_setting(secrets, "host", required=True)
+    dbname = _text_setting(secrets, "dbname", required=False)
+    database = _text_setting(secrets, "database", required=False)
+    if dbname and database and dbname != database:
+        raise ConfigurationError("settings 'dbname' and 'database' disagree; set only one of them")
+    if not (dbname or database):
+        raise ConfigurationError("setting 'dbname' is missing; expected the database name")
+    user = _text_setting(secrets, "user", required=True)
+    password = _text_setting(secrets, "password", required=True)
+
+    table_text = _text_setting(secrets, "table", required=True)
+    assert table_text is not None
+    table = parse_identifiers(table_text, ".", "table")
+    if len(table) > 2:
+        raise ConfigurationError(
+            "setting 'table' has more than two parts; expected table or schema.table"
+        )
+    cursor_text = _text_setting(secrets, "cursor", required=True)
+    assert cursor_text is not None
+    cursor = parse_identifiers(cursor_text, ",", "cursor")
+    key_text = _text_setting(secrets, "primary_key", required=False)
+    primary_key = parse_identifiers(key_text, ",", "primary_key") if key_text else None
+    for setting, names in (("cursor", cursor), ("primary_key", primary_key or ())):
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"setting '{setting}' names a column twice")
+
+    sslmode = (_text_setting(secrets, "sslmode", required=False) or DEFAULT_SSLMODE).lower()
+    if sslmode not in SSLMODES:
+        hint = (
+            " (they fall back to an unencrypted connection)"
+            if sslmode in ("allow", "prefer")
+            else ""
+        )
+        raise ConfigurationError(
+            f"setting 'sslmode' must be one of {', '.join(SSLMODES)}; "
+            f"'allow' and 'prefer' are not offered{hint}"
+        )
+    sslrootcert = _text_setting(secrets, "sslrootcert", required=False)
+    if sslrootcert is not None:
+        sslrootcert = normalize_pem(sslrootcert)
+
+    destination = _text_setting(secrets, "destination_table", required=False) or table[-1]
+    validate_identifier(destination, "destination_table")
+
+    config = Config(
+        host=str(host),
+        port=_int_setting(secrets, "port", DEFAULT_PORT, 1, 65535),
+        database=str(dbname or database),
+        user=str(user),
+        password=str(password),
+        table=table,
+        cursor=cursor,
+        primary_key=primary_key,
+        limit=_int_setting(secrets, "limit", DEFAULT_LIMIT, 1, 10_000_000),
+        max_response_bytes=_int_setting(
+            secrets,
+            "max_response_bytes",
+            DEFAULT_MAX_RESPONSE_BYTES,
+            MIN_MAX_RESPONSE_BYTES,
+            MAX_MAX_RESPONSE_BYTES,
+        ),
+        sslmode=sslmode,
+        sslrootcert=sslrootcert,
+        destination_table=destination,
+        connect_timeout_s=_seconds_setting(secrets, "connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S)
+        or DEFAULT_CONNECT_TIMEOUT_S,
+        statement_timeout_s=_seconds_setting(secrets, "statement_timeout_s", None),
+        lookback_s=parse_duration_s(secrets.get("lookback"), "lookback"),
+    )
+    if config.sslrootcert is not None:
+        ssl_context(config)  # fail now, before any connection, if the PEM does not load
+    return config
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.S)
+
+
+def normalize_pem(text: str) -> str:
+    """Rebuild PEM certificates pasted into a one-line field (newlines lost or escaped)."""
+    bodies = _PEM_BLOCK.findall(text.replace("\\n", "\n"))
+    if not bodies:
+        raise ConfigurationError(
+            "setting 'sslrootcert' must hold PEM text starting with -----BEGIN CERTIFICATE-----"
+        )
+    blocks = []
+    for body in bodies:
+        b64 = "".join(body.split())
+        lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+        blocks.append(
+            "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+        )
+    return "".join(blocks)
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | bool:
+    """The TLS setup for ``sslmode``; False means no TLS. Never pg8000's unverified default."""
+    if config.sslmode == "disable":
+        return False
+    if config.sslrootcert is None:
+        context = ssl.create_default_context()  # the system trust store
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and host name
+        try:
+            context.load_verify_locations(cadata=config.sslrootcert)
+        except (ssl.SSLError, ValueError) as e:
+            raise ConfigurationError(
+                "setting 'sslrootcert' could not be loaded as PEM CA certificate(s)"
+            ) from e
+    if config.sslmode == "require":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif config.sslmode == "verify-ca":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+# ---------------------------------------------------------------------------------------------
+# State: one entry per destination table, so a state can hold several tables
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableState:
+    """Where one table's sync stands. Position values are the server's text of each value."""
+
+    source: str | None  # "schema.table" the entry was written for; None for a seed-style state
+    cursor: tuple[str, ...]
+    primary_key: tuple[str, ...]
+    after: tuple[str | None, ...] | None = None  # last delivered (cursor..., key...) values
+    complete: bool = False  # the response that wrote it ended a sync (hasMore false)
+    bytes_per_row: int | None = None  # learnt from the previous batch, sizes the next read
+    start: str | None = None  # resume at leading cursor >= start (seed-style state only)
+
+
+def _state_error(problem: str) -> StateError:
+    return StateError(
+        f"the request's state is not usable: {problem}. Expected the state this function "
+        "returned earlier; to start over, re-sync the table in Fivetran (that clears the state)"
+    )
+
+
+def _string_list(value: Any, what: str, *, allow_null: bool = False) -> tuple[Any, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) or (allow_null and v is None) for v in value
+    ):
+        kind = "strings or nulls" if allow_null else "strings"
+        raise _state_error(f"'{what}' must be a list of {kind}")
+    return tuple(value)
+
+
+def read_state(state: Any, destination: str) -> TableState | None:
+    """Parse the request's state; None when this table has not been synced yet."""
+    if state is None:
+        return None
+    if not isinstance(state, Mapping):
+        raise _state_error(f"it is a {type(state).__name__}, not an object")
+    if not state:
+        return None
+    if "tables" not in state and set(state) == {"cursor"}:
+        # Written by Fivetran's sample function: {"cursor": "<last cursor value>"}.
+        value = state["cursor"]
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise _state_error("the seed-style 'cursor' value must be a string or a number")
+        return TableState(source=None, cursor=(), primary_key=(), start=str(value))
+    if state.get("version") != STATE_VERSION:
+        raise _state_error(f"'version' must be {STATE_VERSION}")
+    tables = state.get("tables")
+    if not isinstance(tables, Mapping):
+        raise _state_error("'tables' must be an object keyed by destination table")
+    entry = tables.get(destination)
+    if entry is None:
+        if tables:
+            others = ", ".join(sorted(map(str, tables)))[:300]
+            raise _state_error(
+                f"it holds table(s) {others} but this connector copies '{destination}'"
+            )
+        return None
+    if not isinstance(entry, Mapping):
+        raise _state_error(f"the entry for '{destination}' must be an object")
+    source = entry.get("source")
+    if not isinstance(source, str):
+        raise _state_error("'source' must be a string")
+    after = entry.get("after")
+    complete = entry.get("complete")
+    if not isinstance(complete, bool):
+        raise _state_error("'complete' must be true or false")
+    bytes_per_row = entry.get("bytes_per_row")
+    if bytes_per_row is not None and (
+        not isinstance(bytes_per_row, int) or isinstance(bytes_per_row, bool) or bytes_per_row < 1
+    ):
+        raise _state_error("'bytes_per_row' must be a positive whole number or null")
+    return TableState(
+        source=source,
+        cursor=_string_list(entry.get("cursor"), "cursor"),
+        primary_key=_string_list(entry.get("primary_key"), "primary_key"),
+        after=None if after is None else _string_list(after, "after", allow_null=True),
+        complete=complete,
+        bytes_per_row=bytes_per_row,
+    )
+
+
+def write_state(state: Mapping[str, Any], destination: str, table: TableState) -> dict[str, Any]:
+    """The state to return: the request's other tables kept, this table's entry replaced."""
+    tables = dict(state.get("tables") or {}) if "tables" in state else {}
+    tables[destination] = {
+        "source": table.source,
+        "cursor": list(table.cursor),
+        "primary_key": list(table.primary_key),
+        "after": None if table.after is None else list(table.after),
+        "complete": table.complete,
+        "bytes_per_row": table.bytes_per_row,
+    }
+    return {"version": STATE_VERSION, "tables": tables}
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL building (identifiers through quote_identifier, values only as bound parameters)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_oid: int
+    sql_type: str  # format_type() of the column, e.g. "numeric(12,2)"
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """The resolved table: its columns and the order it is paged in."""
+
+    schema: str
+    name: str
+    columns: tuple[Column, ...]
+    cursor: tuple[str, ...]
+    primary_key: tuple[str, ...]
+
+    @property
+    def source(self) -> str:
+        return display_name((self.schema, self.name))
+
+    @property
+    def order(self) -> tuple[Column, ...]:
+        """Cursor columns, then key columns not already among them: a unique ordering."""
+        by_name = {c.name: c for c in self.columns}
+        names = self.cursor + tuple(k for k in self.primary_key if k not in self.cursor)
+        return tuple(by_name[n] for n in names)
+
+
+_BUILTIN_TYPE = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9]+(,[0-9]+)?\))?( with(out)? time zone)?")
+
+
+def _bound(column: Column, param: str) -> str:
+    """A bound parameter cast to the column's type (untyped for types we cannot name safely)."""
+    if _BUILTIN_TYPE.fullmatch(column.sql_type):
+        return f"CAST(:{param} AS {column.sql_type})"
+    return f":{param}"
+
+
+def keyset_condition(
+    order: Sequence[Column], after: Sequence[str | None]
+) -> tuple[str, dict[str, str | None]]:
+    """Rows strictly after ``after`` in ``order`` (NULLs first), written without row constructors.
+
+    For (a, b, c) and values (x, y, z): ``a >= x AND (a > x OR (a = x AND b > y) OR (a = x AND
+    b = y AND c > z))``. The redundant ``a >= x`` lets the database skip to the range.
+    """
+    params: dict[str, str | None] = {}
+    equal: list[str] = []
+    terms: list[str] = []
+    for i, (column, value) in enumerate(zip(order, after, strict=True)):
+        name = quote_identifier(column.name)
+        if value is None:
+            greater, same = f"{name} IS NOT NULL", f"{name} IS NULL"
+        else:
+            params[f"v{i}"] = value
+            bound = _bound(column, f"v{i}")
+            greater, same = f"{name} > {bound}", f"{name} = {bound}"
+        terms.append("(" + " AND ".join([*equal, greater]) + ")")
+        equal.append(same)
+    condition = " OR ".join(terms)
+    if after[0] is not None:
+        condition = (
+            f"{quote_identifier(order[0].name)} >= {_bound(order[0], 'v0')} AND ({condition})"
+        )
+    return condition, params
+
+
+def build_page_sql(
+    plan: TablePlan,
+    limit: int,
+    after: Sequence[str | None] | None = None,
+    start: str | None = None,
+    lookback_s: int = 0,
+) -> tuple[str, dict[str, str | None]]:
+    """The page query: the next ``limit`` rows after ``after`` (or from ``start``), in order."""
+    order = plan.order
+    params: dict[str, str | None] = {}
+    where = ""
+    if after is not None:
+        condition, params = keyset_condition(order, after)
+        where = f" WHERE {condition}"
+    elif start is not None:
+        lead = quote_identifier(order[0].name)
+        params["start"] = start
+        lower = _bound(order[0], "start")
+        if lookback_s:
+            params["lookback"] = f"{int(lookback_s)} seconds"
+            lower = f"{lower} - CAST(:lookback AS INTERVAL)"
+        where = f" WHERE {lead} >= {lower}"
+    columns = ", ".join(quote_identifier(c.name) for c in plan.columns)
+    order_by = ", ".join(
+        quote_identifier(c.name) + (" NULLS FIRST" if c.nullable else "") for c in order
+    )
+    source = f"{quote_identifier(plan.schema)}.{quote_identifier(plan.name)}"
+    sql = f"SELECT {columns} FROM {source}{where} ORDER BY {order_by} LIMIT {int(limit)}"
+    return sql, params
+
+
+CATALOG_SQL = """SELECT n.nspname, c.relname, a.attname, a.atttypid,
+ pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
+ AND lower(c.relname) = lower(CAST(:table AS VARCHAR))
+ AND {schema_condition}
+ AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY n.nspname, c.relname, a.attnum"""
+CATALOG_SCHEMA_GIVEN = "lower(n.nspname) = lower(CAST(:schema AS VARCHAR))"
+CATALOG_SCHEMA_SEARCH_PATH = "pg_catalog.pg_table_is_visible(c.oid)"
+
+PRIMARY_KEY_SQL = """SELECT kcu.column_name
+FROM information_schema.table_constraints tc
+JOIN information_schema.key_column_usage kcu
+ ON kcu.constraint_schema = tc.constraint_schema AND kcu.constraint_name = tc.constraint_name
+ AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name
+WHERE tc.constraint_type = 'PRIMARY KEY'
+ AND tc.table_schema = CAST(:schema AS VARCHAR) AND tc.table_name = CAST(:table AS VARCHAR)
+ORDER BY kcu.ordinal_position"""
+
+SESSION_SQL = "SELECT pg_catalog.set_config(:name, :value, false)"
+BEGIN_SQL = "BEGIN READ ONLY"
+
+
+# ---------------------------------------------------------------------------------------------
+# Value encoding: the server's text straight to JSON-safe values, chosen once per type OID
+# ---------------------------------------------------------------------------------------------
+
+
+def _bool_in(text: str) -> bool:
+    return text == "t"
+
+
+def _float_in(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None  # NaN and ±Infinity are not JSON
+
+
+def _timestamp_in(text: str) -> str:
+    """``2024-01-02 03:04:05.123456`` -> ``2024-01-02T03:04:05.123456`` (exact, no parsing)."""
+    if len(text) > 18 and text[10] == " " and not text.endswith(" BC"):
+        return text[:10] + "T" + text[11:]
+    return text  # 'infinity', BC dates: their text
+
+
+def _timestamptz_in(text: str) -> str:
+    """``2024-01-02 03:04:05+00`` -> ``2024-01-02T03:04:05Z`` (the session runs in UTC)."""
+    if len(text) > 21 and text[10] == " " and not text.endswith(" BC"):
+        text = text[:10] + "T" + text[11:]
+        if text.endswith("+00"):
+            return text[:-3] + "Z"
+    return text
+
+
+def _bytea_in(text: str) -> str:
+    if text.startswith("\\x"):
+        return base64.b64encode(bytes.fromhex(text[2:])).decode("ascii")
+    return text
+
+
+def _json_in(text: str) -> JSONValue:
+    return json.loads(text)
+
+
+IN_ADAPTERS: dict[int, Callable[[str], JSONValue]] = {
+    OID_BOOL: _bool_in,
+    OID_INT2: int,
+    OID_INT4: int,
+    OID_INT8: int,
+    OID_OID: int,
+    OID_FLOAT4: _float_in,
+    OID_FLOAT8: _float_in,
+    OID_NUMERIC: str,  # exact: the server's digits, never a float
+    OID_TIMESTAMP: _timestamp_in,
+    OID_TIMESTAMPTZ: _timestamptz_in,
+    OID_BYTEA: _bytea_in,
+    OID_JSON: _json_in,
+    OID_JSONB: _json_in,
+}
+# Every other type pg8000 would decode (date, time, uuid, interval, inet, arrays, ...) stays
+# as the server's text, like the types it does not know (Redshift SUPER, VARBYTE, GEOMETRY...).
+ALL_IN_ADAPTERS: dict[int, Callable[[str], JSONValue]] = {
+    **dict.fromkeys(PG_TYPES, str),
+    **IN_ADAPTERS,
+}
+
+
+def position_text(type_oid: int, value: JSONValue) -> str | None:
+    """The server's text of an encoded value, for binding it back into the next query."""
+    if value is None:
+        return None
+    if type_oid == OID_BOOL:
+        return "true" if value else "false"
+    text = str(value)
+    if type_oid in (OID_TIMESTAMP, OID_TIMESTAMPTZ) and len(text) > 18 and text[10] == "T":
+        text = text[:10] + " " + text[11:]
+        return text[:-1] + "+00" if type_oid == OID_TIMESTAMPTZ and text.endswith("Z") else text
+    if type_oid == OID_BYTEA:
+        return "\\x" + base64.b64decode(text).hex()
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch assembly: rows cut to the byte budget, measured as the response will be serialised
+# ---------------------------------------------------------------------------------------------
+
+# The Lambda runtime serialises with default separators; ensure_ascii is its default on most
+# runtimes and gives the largest size, so sizes measured this way are an upper bound.
+_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+
+
+def json_size(value: JSONValue) -> int:
+    """Bytes of ``value`` serialised as the Lambda runtime does (upper bound)."""
+    return len(_encode(value))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one invocation read, independent of the response shape it is sent in."""
+
+    rows: list[Row]
+    state: TableState | None  # None: no rows, the request's state stands unchanged
+    has_more: bool
+    row_bytes: int  # serialised bytes of the rows list's items and separators
+    pages: int  # queries it took
+
+
+Fetch = Callable[[str, dict[str, str | None]], list[list[JSONValue]]]
+
+
+def read_batch(
+    fetch: Fetch,
+    plan: TablePlan,
+    previous: TableState | None,
+    config: Config,
+    overhead: Callable[[TableState], int],
+    time_left_ms: Callable[[], float],
+) -> Batch:
+    """Read the rows that follow ``previous``, as many as the limit and the byte budget allow.
+
+    ``fetch`` runs one query in the invocation's read-only transaction; ``overhead`` gives the
+    serialised size of a response that carries a state but no rows. Pages are read until the
+    budget is full, so each response but the last is nearly full.
+    """
+    order = plan.order
+    names = [c.name for c in plan.columns]
+    after = previous.after if previous else None
+    start = previous.start if previous else None
+    lookback_s = 0
+    if previous and previous.complete and after and after[0] is not None and config.lookback_s:
+        # A new sync: start again a lookback before the last delivered cursor to catch rows
+        # committed late with older cursor values. Inside a sync, paging stays strict.
+        start, after, lookback_s = after[0], None, config.lookback_s
+    bytes_per_row = previous.bytes_per_row if previous else None
+    reserve = overhead(previous or TableState(plan.source, plan.cursor, plan.primary_key)) + 1024
+    budget = config.max_response_bytes - reserve
+
+    rows: list[Row] = []
+    sizes: list[int] = []
+    used = pages = 0
+    cut = exhausted = False
+    while len(rows) < config.limit:
+        if pages and time_left_ms() < MIN_TIME_LEFT_MS:
+            break  # deliver what is read; the next invocation goes on from there
+        if bytes_per_row:
+            estimate = int((budget - used) / bytes_per_row * PAGE_OVERSHOOT) + 1
+        else:
+            estimate = FIRST_PAGE_ROWS
+        want = min(config.limit - len(rows), max(estimate, MIN_PAGE_ROWS))
+        sql, params = build_page_sql(plan, want + 1, after, start, lookback_s)
+        page = fetch(sql, params)  # one more row than wanted tells whether more follow
+        pages += 1
+        page_rows = [dict(zip(names, values, strict=True)) for values in page[:want]]
+        for row in page_rows:
+            size = len(_encode(row)) + 2  # the row and its ", " separator
+            if used + size > budget:
+                cut = True
+                break
+            rows.append(row)
+            sizes.append(size)
+            used += size
+        if cut or len(page) <= want:
+            exhausted = not cut
+            break
+        after = tuple(position_text(c.type_oid, rows[-1][c.name]) for c in order)
+        start, lookback_s = None, 0
+        bytes_per_row = max(1, used // len(rows))
+
+    if not rows:
+        if cut:
+            raise _row_too_large(plan, config)
+        return Batch(rows=[], state=None, has_more=False, row_bytes=0, pages=pages)
+
+    has_more = not exhausted
+    while True:  # exact size check with the final state; drops rows only in rare cases
+        state = TableState(
+            source=plan.source,
+            cursor=plan.cursor,
+            primary_key=plan.primary_key,
+            after=tuple(position_text(c.type_oid, rows[-1][c.name]) for c in order),
+            complete=not has_more,
+            bytes_per_row=max(1, used // len(rows)),
+        )
+        row_bytes = used - 2
+        if overhead(state) + row_bytes <= config.max_response_bytes:
+            return Batch(
+                rows=rows, state=state, has_more=has_more, row_bytes=row_bytes, pages=pages
+            )
+        rows.pop()
+        used -= sizes.pop()
+        has_more = True
+        if not rows:
+            raise _row_too_large(plan, config)
+
+
+def _row_too_large(plan: TablePlan, config: Config) -> RowTooLargeError:
+    return RowTooLargeError(
+        f"a row of table {plan.source} does not fit in a response of max_response_bytes="
+        f"{config.max_response_bytes}; raise max_response_bytes (at most "
+        f"{MAX_MAX_RESPONSE_BYTES}) or exclude the wide column with a view"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Database I/O
+# ---------------------------------------------------------------------------------------------
+
+# SQLSTATE classes whose server messages name objects, never values: safe to pass on.
+_SAFE_SQLSTATE_CLASSES = {"08", "0A", "25", "28", "3D", "3F", "42", "53", "54", "55", "57"}
+
+
+def _source_error(exc: BaseException, config: Config, action: str) -> ConnectorError:
+    """Translate a driver error into a message a user can act on, without values or secrets."""
+    where = f"{config.host}:{config.port}"
+    if isinstance(exc, pg8000.native.DatabaseError) and exc.args and isinstance(exc.args[0], dict):
+        code = str(exc.args[0].get("C", ""))
+        message = str(exc.args[0].get("M", ""))
+        if code == "57014":
+            return SourceTimeoutError(
+                f"{action}: the query was cancelled by the statement timeout; the table may "
+                "need a sort key on the cursor, or set a smaller 'limit' (SQLSTATE 57014)"
+            )
+        if code in ("28P01", "28000"):
+            return SourceError(
+                f"{action}: authentication failed for user '{config.user}' at {where}; check "
+                "'user' and 'password' (pg8000 needs an MD5 password on Redshift, not SHA-256) "
+                f"(SQLSTATE {code})"
+            )
+        if code == "42501":
+            return SourceError(
+                f"{action}: permission denied ({message}); grant the user USAGE on the schema "
+                f"and SELECT on the table {display_name(config.table)} (SQLSTATE 42501)"
+            )
+        if code[:2] in _SAFE_SQLSTATE_CLASSES:
+            return SourceError(f"{action}: the database said: {message} (SQLSTATE {code})")
+        return SourceError(
+            f"{action}: the database refused the query (SQLSTATE {code}); its message is "
+            "withheld because it may quote row values"
+        )
+    causes = [exc, exc.__cause__, exc.__context__]
+    for cause in causes:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return SourceError(
+                f"{action}: the TLS certificate of {where} could not be verified "
+                f"({cause.verify_message}); set 'sslrootcert' to the CA that signed it, or "
+                "sslmode=require to encrypt without verifying"
+            )
+        if isinstance(cause, TimeoutError):
+            return SourceTimeoutError(f"{action}: {where} did not answer in time")
+    if "refuses SSL" in str(exc):
+        return SourceError(
+            f"{action}: {where} does not accept TLS connections; set sslmode=disable only if "
+            "the network path is trusted"
+        )
+    reason = next(
+        (
+            type(c).__name__ + (f" ({c.strerror})" if isinstance(c, OSError) and c.strerror else "")
+            for c in causes[1:]
+            if c is not None
+        ),
+        "",
+    )
+    return SourceError(f"{action}: cannot talk to {where}: {type(exc).__name__} {reason}".rstrip())
+
+
+def _run(
+    con: pg8000.native.Connection, config: Config, action: str, sql: str, **params: Any
+) -> list[list[JSONValue]]:
+    try:
+        rows: list[list[JSONValue]] = con.run(sql, **params)
+    except (pg8000.native.Error, OSError, ssl.SSLError) as e:
+        raise _source_error(e, config, action) from None
+    return rows
+
+
+class Source:
+    """One connection in one read-only transaction, closed on exit."""
+
+    def __init__(self, config: Config, deadline: float) -> None:
+        self.config = config
+        self.deadline = deadline
+        self.con: pg8000.native.Connection | None = None
+
+    def time_left_ms(self) -> float:
+        return (self.deadline - time.monotonic()) * 1000
+
+    def __enter__(self) -> Source:
+        config = self.config
+        left_ms = self.time_left_ms()
+        if left_ms < MIN_TIME_LEFT_MS:
+            raise SourceTimeoutError(
+                f"only {max(0, int(left_ms))} ms are left in this invocation; raise the Lambda "
+                "timeout (up to 15 minutes)"
+            )
+        try:
+            self.con = pg8000.native.Connection(
+                user=config.user,
+                password=config.password,
+                host=config.host,
+                port=config.port,
+                database=config.database,
+                ssl_context=ssl_context(config),
+                timeout=min(config.connect_timeout_s, left_ms / 1000),
+                application_name=APPLICATION_NAME,
+            )
+        except (pg8000.native.Error, OSError, ssl.SSLError) as e:
+            raise _source_error(e, config, "connecting") from None
+        try:
+            self._start_session()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start_session(self) -> None:
+        assert self.con is not None
+        left_ms = self.time_left_ms()
+        statement_ms = int(left_ms)
+        if self.config.statement_timeout_s is not None:
+            statement_ms = min(statement_ms, int(self.config.statement_timeout_s * 1000))
+        # Reads may take as long as the statement timeout; the server gives up first.
+        sock = getattr(self.con, "_usock", None)
+        if sock is not None:
+            sock.settimeout(statement_ms / 1000 + 5)
+        settings = {
+            "timezone": "UTC",
+            "datestyle": "ISO, MDY",
+            "extra_float_digits": "2",
+            "statement_timeout": str(max(1, statement_ms)),
+        }
+        calls = ", ".join(
+            f"pg_catalog.set_config(:n{i}, :v{i}, false)" for i in range(len(settings))
+        )
+        params = {f"n{i}": k for i, k in enumerate(settings)}
+        params.update({f"v{i}": v for i, v in enumerate(settings.values())})
+        _run(self.con, self.config, "starting the session", f"SELECT {calls}", **params)
+        _run(self.con, self.config, "starting a read-only transaction", BEGIN_SQL)
+        for oid, adapter in ALL_IN_ADAPTERS.items():
+            self.con.register_in_adapter(oid, adapter)
+
+    def fetch(self, sql: str, params: dict[str, str | None]) -> list[list[JSONValue]]:
+        assert self.con is not None
+        return _run(self.con, self.config, "reading rows", sql, **params)
+
+    def close(self) -> None:
+        con, self.con = self.con, None
+        if con is not None:
+            with contextlib.suppress(pg8000.native.Error, OSError):
+                con.close()  # a broken connection is gone either way
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _resolve(
+    names: Sequence[str], available: Sequence[str], setting: str, table: str
+) -> tuple[str, ...]:
+    """Catalog names for configured names: exact match first, else a unique case-insensitive one."""
+    resolved = []
+    for name in names:
+        if name in available:
+            resolved.append(name)
+            continue
+        matches = [a for a in available if a.lower() == name.lower()]
+        if len(matches) != 1:
+            listed = ", ".join(available)[:500]
+            raise ConfigurationError(
+                f"setting '{setting}': column {display_name([name])} is not in table {table}"
+                f"; expected one of: {listed}"
+            )
+        resolved.append(matches[0])
+    return tuple(resolved)
+
+
+def load_plan(source: Source, config: Config) -> TablePlan:
+    """Find the table and its columns in the catalog and check the cursor and key columns."""
+    assert source.con is not None
+    con = source.con
+    params = {"table": config.table[-1]}
+    if len(config.table) == 2:
+        params["schema"] = config.table[0]
+        sql = CATALOG_SQL.format(schema_condition=CATALOG_SCHEMA_GIVEN)
+    else:
+        sql = CATALOG_SQL.format(schema_condition=CATALOG_SCHEMA_SEARCH_PATH)
+    found: dict[tuple[str, str], list[Column]] = {}
+    for schema, name, column, type_oid, sql_type, not_null in _run(
+        con, config, "reading the catalog", sql, **params
+    ):
+        found.setdefault((schema, name), []).append(
+            Column(column, int(type_oid), str(sql_type), not not_null)
+        )
+    wanted = display_name(config.table)
+    exact = [
+        k
+        for k in found
+        if k[1] == config.table[-1] and (len(config.table) == 1 or k[0] == config.table[0])
+    ]
+    if len(exact) == 1 or (not exact and len(found) == 1):
+        schema, name = exact[0] if exact else next(iter(found))
+    elif not found:
+        raise ConfigurationError(
+            f"setting 'table': {wanted} was not found in database '{config.database}' or user "
+            f"'{config.user}' cannot see it; expected an existing table or view"
+            + ("" if len(config.table) == 2 else " on the search_path (or write schema.table)")
+        )
+    else:
+        candidates = ", ".join(display_name(k) for k in sorted(found))[:500]
+        raise ConfigurationError(
+            f"setting 'table': {wanted} matches several tables ({candidates}); quote the exact name"
+        )
+    columns = tuple(found[(schema, name)])
+    table = display_name((schema, name))
+    available = [c.name for c in columns]
+    cursor = _resolve(config.cursor, available, "cursor", table)
+    if config.primary_key is not None:
+        primary_key = _resolve(config.primary_key, available, "primary_key", table)
+    else:
+        declared = _run(
+            con, config, "reading the primary key", PRIMARY_KEY_SQL, schema=schema, table=name
+        )
+        primary_key = tuple(str(r[0]) for r in declared)
+        if not primary_key:
+            raise ConfigurationError(
+                f"setting 'primary_key' is missing and table {table} declares no primary key; "
+                "expected the column(s) that identify a row, e.g. id"
+            )
+    plan = TablePlan(schema, name, columns, cursor, primary_key)
+    for column in plan.order:
+        if column.type_oid in UNORDERABLE_OIDS:
+            setting = "cursor" if column.name in cursor else "primary_key"
+            raise ConfigurationError(
+                f"setting '{setting}': column {display_name([column.name])} has type "
+                f"{column.sql_type}, which cannot page exactly; expected an integer, numeric, "
+                "date, timestamp or text column"
+            )
+    if config.lookback_s and plan.order[0].type_oid not in (1082, OID_TIMESTAMP, OID_TIMESTAMPTZ):
+        raise ConfigurationError(
+            f"setting 'lookback' needs a date or timestamp as the first cursor column; "
+            f"{display_name([plan.order[0].name])} is {plan.order[0].sql_type}"
+        )
+    return plan
+
+
+def check_state(previous: TableState | None, plan: TablePlan) -> None:
+    """Refuse a state written for another table, cursor or key: its position means nothing here."""
+    if previous is None or previous.source is None:
+        return
+    for what, was, now in (
+        ("table", previous.source, plan.source),
+        ("cursor", ", ".join(previous.cursor), ", ".join(plan.cursor)),
+        ("primary_key", ", ".join(previous.primary_key), ", ".join(plan.primary_key)),
+    ):
+        if was != now:
+            raise _state_error(
+                f"it was written for {what} '{was}' but the settings now give '{now}'"
+            )
+    if previous.after is not None and len(previous.after) != len(plan.order):
+        raise _state_error(f"'after' must hold {len(plan.order)} values")
+
+
+# ---------------------------------------------------------------------------------------------
+# Lambda handler: Fivetran's request in, Fivetran's response out
+# ---------------------------------------------------------------------------------------------
+
+
+def lambda_response(
+    destination: str,
+    primary_key: Sequence[str],
+    state: Mapping[str, Any],
+    rows: list[Row],
+    has_more: bool,
+) -> dict[str, Any]:
+    """Fivetran's response for one table."""
+    return {
+        "state": state,
+        "insert": {destination: rows},
+        "schema": {destination: {"primary_key": list(primary_key)}},
+        "hasMore": has_more,
+    }
+
+
+def _remaining_ms(context: Any) -> float:
+    get = getattr(context, "get_remaining_time_in_millis", None)
+    return float(get()) if callable(get) else float(LOCAL_RUN_TIME_MS)
+
+
+def lambda_handler(request: Any, context: Any) -> dict[str, Any]:
+    """Return the next batch of the configured table as Fivetran's response."""
+    started = time.monotonic()
+    remaining_ms = _remaining_ms(context)
+    margin_ms = min(TIME_MARGIN_MAX_MS, remaining_ms * 0.2)
+    deadline = started + (remaining_ms - margin_ms) / 1000
+    if not isinstance(request, Mapping):
+        raise ConfigurationError("the request must be a JSON object with 'secrets' and 'state'")
+    sync_id = request.get("sync_id")
+    sync_id = sync_id if isinstance(sync_id, str) and len(sync_id) <= 100 else "-"
+    setup_test = request.get("setup_test", False)
+    try:
+        if not isinstance(setup_test, bool):
+            raise ConfigurationError("the request's 'setup_test' must be true or false")
+        config = parse_config(request.get("secrets"))
+        state_in = request.get("state") or {}
+        previous = read_state(state_in, config.destination_table)
+        with Source(config, deadline) as source:
+            plan = load_plan(source, config)
+            check_state(previous, plan)
+            if setup_test:
+                source.fetch(*build_page_sql(plan, 0))  # proves SELECT works, reads nothing
+                logger.info("sync_id=%s table=%s setup test passed", sync_id, plan.source)
+                return lambda_response(
+                    config.destination_table, plan.primary_key, state_in, [], False
+                )
+
+            def overhead(table_state: TableState) -> int:
+                state = write_state(state_in, config.destination_table, table_state)
+                return json_size(
+                    lambda_response(config.destination_table, plan.primary_key, state, [], False)
+                )
+
+            batch = read_batch(source.fetch, plan, previous, config, overhead, source.time_left_ms)
+    except ConnectorError as e:
+        logger.error("sync_id=%s failed: %s: %s", sync_id, type(e).__name__, e)
+        raise
+    state_out = (
+        state_in
+        if batch.state is None
+        else write_state(state_in, config.destination_table, batch.state)
+    )
+    logger.info(
+        "sync_id=%s table=%s rows=%d bytes=%d pages=%d has_more=%s elapsed_ms=%d",
+        sync_id,
+        plan.source,
+        len(batch.rows),
+        batch.row_bytes,
+        batch.pages,
+        batch.has_more,
+        (time.monotonic() - started) * 1000,
+    )
+    return lambda_response(
+        config.destination_table, plan.primary_key, state_out, batch.rows, batch.has_more
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: invoke the handler locally with a request file
+# ---------------------------------------------------------------------------------------------
+
+ENV_PREFIX = "REDSHIFT_LAMBDA_"
+
+
+def load_request(path: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """A request from a JSON file ('-': standard input); REDSHIFT_LAMBDA_<SETTING> overrides."""
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        request = json.loads(text)
+    except (OSError, ValueError) as e:
+        raise ConfigurationError(f"cannot read the request file {path}: {e}") from e
+    if not isinstance(request, dict):
+        raise ConfigurationError(f"the request file {path} must hold a JSON object")
+    secrets = request.setdefault("secrets", {})
+    if not isinstance(secrets, dict):
+        raise ConfigurationError("the request's 'secrets' must be an object")
+    for key in SETTINGS:
+        if ENV_PREFIX + key.upper() in environ:
+            secrets[key] = environ[ENV_PREFIX + key.upper()]
+    request.setdefault("state", {})
+    return request
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python lambda_function.py",
+        description="Invoke lambda_handler locally with a Fivetran request file and print the "
+        "response JSON on stdout (logs go to stderr). Any setting may come from an environment "
+        f"variable {ENV_PREFIX}<SETTING>, e.g. {ENV_PREFIX}PASSWORD.",
+    )
+    parser.add_argument("event", help="request JSON file, e.g. events/first_sync.json ('-': stdin)")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="keep invoking while hasMore, feeding the state back as Fivetran "
+        "does; prints one response per line and a summary per batch on stderr",
+    )
+    parser.add_argument(
+        "--no-rows", action="store_true", help="print row counts instead of the rows"
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        request = load_request(args.event, os.environ)
+        calls = rows = 0
+        started = time.monotonic()
+        while True:
+            t0 = time.monotonic()
+            response = lambda_handler(request, None)
+            calls += 1
+            count = sum(len(v) for v in response["insert"].values())
+            rows += count
+            if args.no_rows:
+                response = {
+                    **response,
+                    "insert": {k: len(v) for k, v in response["insert"].items()},
+                }
+            print(json.dumps(response, ensure_ascii=False), flush=True)
+            if not args.all or not response["hasMore"]:
+                break
+            print(
+                f"batch {calls}: {count} rows in {time.monotonic() - t0:.2f} s, hasMore",
+                file=sys.stderr,
+            )
+            request = {**request, "state": response["state"]}
+        if args.all:
+            print(
+                f"done: {calls} invocation(s), {rows} rows in {time.monotonic() - started:.2f} s",
+                file=sys.stderr,
+            )
+    except ConnectorError as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
