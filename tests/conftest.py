@@ -16,6 +16,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+import helpers  # noqa: E402
 from pgserver import PostgresServer  # noqa: E402
 
 
@@ -23,6 +24,7 @@ from pgserver import PostgresServer  # noqa: E402
 def pg() -> Iterator[PostgresServer]:
     """A plain (no TLS) server with superuser ``admin`` and database ``test``."""
     with PostgresServer() as server:
+        helpers.PASSWORDS.add(server.password)
         yield server
 
 
@@ -30,6 +32,7 @@ def pg() -> Iterator[PostgresServer]:
 def pg_tls() -> Iterator[PostgresServer]:
     """A server that accepts TLS connections only; its CA is ``pg_tls.ca_pem``."""
     with PostgresServer(tls_only=True, name="pg_tls") as server:
+        helpers.PASSWORDS.add(server.password)
         yield server
 
 
@@ -38,3 +41,18 @@ def table_name(request: pytest.FixtureRequest) -> str:
     """A unique lower-case table name for this test, e.g. ``t_test_paging_3_1a2b3c``."""
     stem = re.sub(r"[^a-z0-9_]+", "_", request.node.name.lower()).strip("_")[:40]
     return f"t_{stem}_{secrets.token_hex(3)}"
+
+
+@pytest.fixture(autouse=True)
+def no_secret_or_row_value_in_logs(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """Capture the function's logs at DEBUG; fail the test if one holds a secret or a row value."""
+    helpers.SENSITIVE.clear()
+    caplog.set_level("DEBUG", logger="redshift_lambda")
+    yield
+    sensitive = helpers.SENSITIVE | helpers.PASSWORDS
+    for record in caplog.records:
+        text = record.getMessage()
+        leaked = [s for s in sensitive if s in text]
+        assert not leaked, f"log record leaks {len(leaked)} sensitive value(s): {record.msg!r}"

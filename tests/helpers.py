@@ -10,6 +10,22 @@ from typing import Any
 import lambda_function as lf
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Values no log line may contain (checked after every test by conftest): the servers' passwords,
+# and the text values of every row a test's syncs delivered (those long enough to be telling).
+PASSWORDS: set[str] = set()
+SENSITIVE: set[str] = set()
+MIN_SENSITIVE_LENGTH = 6
+
+
+def remember_row_values(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        for value in row.values():
+            text = value if isinstance(value, str) else None
+            if text is not None and len(text) >= MIN_SENSITIVE_LENGTH:
+                SENSITIVE.add(text)
+
+
 EVENTS = ROOT / "events"
 
 
@@ -61,6 +77,8 @@ def check_response(response: Any, max_bytes: int = lf.DEFAULT_MAX_RESPONSE_BYTES
     assert size <= max_bytes, f"response of {size} bytes exceeds the budget {max_bytes}"
     if response["hasMore"]:
         assert any(response["insert"].values()), "hasMore with no rows"
+    for rows in response["insert"].values():
+        remember_row_values(rows)
     return size
 
 

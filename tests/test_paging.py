@@ -17,9 +17,7 @@ def ids(rows: list[dict[str, Any]], key: str = "id") -> list[Any]:
 
 def test_ties_across_batch_boundaries(pg, table_name):
     """Regression: the seed's `cursor > last` lost rows sharing the cursor value at a boundary."""
-    pg.execute(
-        f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at timestamp NOT NULL)"
-    )
+    pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at timestamp NOT NULL)")
     pg.execute(
         f"INSERT INTO {table_name} SELECT g, timestamp '2024-01-01' + (g % 3) * interval '1 day'"
         " FROM generate_series(1, 1000) g"
@@ -75,10 +73,12 @@ def test_empty_table_returns_unchanged_state_and_no_more(pg, table_name):
 
 
 def test_incremental_sync_delivers_exactly_new_and_changed_rows(pg, table_name):
-    pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at timestamp NOT NULL, v text)")
     pg.execute(
-        f"INSERT INTO {table_name} SELECT g, timestamp '2024-01-01' + (g / 10) * interval '1 s', 'a'"
-        " FROM generate_series(1, 300) g"
+        f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at timestamp NOT NULL, v text)"
+    )
+    pg.execute(
+        f"INSERT INTO {table_name} SELECT g, timestamp '2024-01-01' + (g / 10) * interval '1 s',"
+        " 'a' FROM generate_series(1, 300) g"
     )
     secrets = secrets_for(pg, table_name, limit="40")
     first = sync(secrets)
@@ -86,7 +86,9 @@ def test_incremental_sync_delivers_exactly_new_and_changed_rows(pg, table_name):
     # Nothing changed: the next sync delivers nothing and keeps the state.
     idle = sync(secrets, first.state)
     assert idle.rows == [] and idle.state == first.state and idle.responses == 1
-    pg.execute(f"UPDATE {table_name} SET v = 'b', updated_at = timestamp '2025-01-01' WHERE id IN (3, 150)")
+    pg.execute(
+        f"UPDATE {table_name} SET v = 'b', updated_at = timestamp '2025-01-01' WHERE id IN (3, 150)"
+    )
     pg.execute(
         f"INSERT INTO {table_name} VALUES (301, timestamp '2025-01-02', 'new'),"
         " (302, timestamp '2025-01-01', 'tie with an update')"
@@ -153,7 +155,10 @@ def test_unquoted_names_fold_to_lower_case_and_destination_can_be_renamed(pg, ta
     pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at int NOT NULL)")
     pg.execute(f"INSERT INTO {table_name} VALUES (1, 1), (2, 2)")
     secrets = secrets_for(
-        pg, f"PUBLIC.{table_name.upper()}", cursor="UPDATED_AT", primary_key="Id",
+        pg,
+        f"PUBLIC.{table_name.upper()}",
+        cursor="UPDATED_AT",
+        primary_key="Id",
         destination_table="Orders Copy",
     )
     result = sync(secrets)
@@ -162,7 +167,9 @@ def test_unquoted_names_fold_to_lower_case_and_destination_can_be_renamed(pg, ta
 
 
 def test_rows_many_times_the_byte_budget(pg, table_name):
-    pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at int NOT NULL, blob text)")
+    pg.execute(
+        f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at int NOT NULL, blob text)"
+    )
     pg.execute(
         f"INSERT INTO {table_name} SELECT g, g / 7, repeat(chr(19968 + g % 50), 300 + g % 200)"
         " FROM generate_series(1, 600) g"
@@ -177,8 +184,12 @@ def test_rows_many_times_the_byte_budget(pg, table_name):
 
 
 def test_a_single_row_over_the_budget_is_a_clear_error(pg, table_name):
-    pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at int NOT NULL, blob text)")
-    pg.execute(f"INSERT INTO {table_name} VALUES (1, 1, 'small'), (2, 2, repeat('secret-ish', 5000))")
+    pg.execute(
+        f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at int NOT NULL, blob text)"
+    )
+    pg.execute(
+        f"INSERT INTO {table_name} VALUES (1, 1, 'small'), (2, 2, repeat('secret-ish', 5000))"
+    )
     secrets = secrets_for(pg, table_name, max_response_bytes="10000")
     first = lf.lambda_handler({"state": {}, "secrets": secrets}, None)
     assert ids(first["insert"][table_name]) == [1] and first["hasMore"] is True
@@ -201,7 +212,8 @@ def test_limit_of_one_and_has_more_only_when_rows_remain(pg, table_name):
 
 def test_state_is_plain_json_with_exact_positions(pg, table_name):
     pg.execute(
-        f"CREATE TABLE {table_name} (id numeric(30,10) PRIMARY KEY, updated_at timestamptz NOT NULL)"
+        f"CREATE TABLE {table_name} (id numeric(30,10) PRIMARY KEY,"
+        " updated_at timestamptz NOT NULL)"
     )
     pg.execute(
         f"INSERT INTO {table_name} VALUES (12345678901234567890.0123456789,"
