@@ -875,7 +875,12 @@ def _source_error(exc: BaseException, config: Config, action: str) -> ConnectorE
                 f"{action}: the query was cancelled by the statement timeout; the table may "
                 "need a sort key on the cursor, or set a smaller 'limit' (SQLSTATE 57014)"
             )
-        if code in ("28P01", "28000"):
+        if code == "28000":
+            return SourceError(
+                f"{action}: {where} refused the connection: {message}; if the server requires "
+                "encryption, use sslmode=verify-full or require (SQLSTATE 28000)"
+            )
+        if code == "28P01":
             return SourceError(
                 f"{action}: authentication failed for user '{config.user}' at {where}; check "
                 "'user' and 'password' (pg8000 needs an MD5 password on Redshift, not SHA-256) "
@@ -902,6 +907,11 @@ def _source_error(exc: BaseException, config: Config, action: str) -> ConnectorE
             )
         if isinstance(cause, TimeoutError):
             return SourceTimeoutError(f"{action}: {where} did not answer in time")
+    if "Authentication method" in str(exc):
+        return SourceError(
+            f"{action}: {where} asks for a password method pg8000 cannot do ({exc}); give the "
+            "user an MD5 password (Redshift's SHA-256 passwords are not supported)"
+        )
     if "refuses SSL" in str(exc):
         return SourceError(
             f"{action}: {where} does not accept TLS connections; set sslmode=disable only if "
