@@ -779,6 +779,8 @@ def read_batch(
     """
     order = plan.order
     names = [c.name for c in plan.columns]
+    order_names = [c.name for c in order]
+    order_at = [names.index(n) for n in order_names]
     after = previous.after if previous else None
     start = previous.start if previous else None
     lookback_s = 0
@@ -790,10 +792,14 @@ def read_batch(
     reserve = overhead(previous or TableState(plan.source, plan.cursor, plan.primary_key)) + 1024
     budget = config.max_response_bytes - reserve
 
+    def key(row: Row) -> tuple[JSONValue, ...]:
+        return tuple(row[n] for n in order_names)
+
     rows: list[Row] = []
     sizes: list[int] = []
     used = pages = 0
     cut = exhausted = False
+    next_key = None  # order values of the first row after the batch, when one was read
     while len(rows) < config.limit:
         if pages and time_left_ms() < MIN_TIME_LEFT_MS:
             break  # deliver what is read; the next invocation goes on from there
@@ -809,7 +815,7 @@ def read_batch(
         for row in page_rows:
             size = len(_encode(row)) + 2  # the row and its ", " separator
             if used + size > budget:
-                cut = True
+                cut, next_key = True, key(row)
                 break
             rows.append(row)
             sizes.append(size)
@@ -817,6 +823,9 @@ def read_batch(
         if cut or len(page) <= want:
             exhausted = not cut
             break
+        next_key = tuple(page[want][i] for i in order_at)
+        if next_key == key(rows[-1]):
+            break  # a repeated (cursor, key) straddles the page end: handled below
         after = tuple(position_text(c.type_oid, rows[-1][c.name]) for c in order)
         start, lookback_s = None, 0
         bytes_per_row = max(1, used // len(rows))
@@ -827,7 +836,18 @@ def read_batch(
         return Batch(rows=[], state=None, has_more=False, row_bytes=0, pages=pages)
 
     has_more = not exhausted
-    while True:  # exact size check with the final state; drops rows only in rare cases
+    while True:
+        # Never end a batch between two rows with the same (cursor, key): resuming strictly
+        # after it would skip the twin. Redshift does not enforce primary keys.
+        while rows and next_key is not None and key(rows[-1]) == next_key:
+            rows.pop()
+            used -= sizes.pop()
+        if not rows:
+            raise SourceError(
+                f"table {plan.source} has more rows with the same values of "
+                f"({', '.join(order_names)}) than fit in one response; the primary_key must "
+                "identify a row uniquely for exact paging"
+            )
         state = TableState(
             source=plan.source,
             cursor=plan.cursor,
@@ -836,14 +856,11 @@ def read_batch(
             complete=not has_more,
             bytes_per_row=max(1, used // len(rows)),
         )
-        row_bytes = used - 2
-        if overhead(state) + row_bytes <= config.max_response_bytes:
-            return Batch(
-                rows=rows, state=state, has_more=has_more, row_bytes=row_bytes, pages=pages
-            )
-        rows.pop()
+        if overhead(state) + used - 2 <= config.max_response_bytes:  # exact, with the state
+            return Batch(rows=rows, state=state, has_more=has_more, row_bytes=used - 2, pages=pages)
+        popped = rows.pop()
         used -= sizes.pop()
-        has_more = True
+        next_key, has_more = key(popped), True
         if not rows:
             raise _row_too_large(plan, config)
 
@@ -1164,7 +1181,8 @@ def lambda_handler(request: Any, context: Any) -> dict[str, Any]:
         if not isinstance(setup_test, bool):
             raise ConfigurationError("the request's 'setup_test' must be true or false")
         config = parse_config(request.get("secrets"))
-        state_in = request.get("state") or {}
+        state_in = request.get("state")
+        state_in = {} if state_in is None else state_in
         previous = read_state(state_in, config.destination_table)
         with Source(config, deadline) as source:
             plan = load_plan(source, config)

@@ -224,3 +224,19 @@ def test_state_is_plain_json_with_exact_positions(pg, table_name):
     assert entry["after"] == ["2024-05-06 05:08:09.123456+00", "12345678901234567890.0123456789"]
     assert json.loads(json.dumps(result.state)) == result.state
     assert result.rows[0]["updated_at"] == "2024-05-06T05:08:09.123456Z"
+
+
+def test_repeated_cursor_and_key_never_straddle_a_batch_boundary(pg, table_name):
+    """Redshift does not enforce keys: twins with the same (cursor, key) travel together."""
+    pg.execute(f"CREATE TABLE {table_name} (id int, updated_at int NOT NULL, copy int)")
+    pg.execute(
+        f"INSERT INTO {table_name} SELECT g / 2, (g / 2) % 3, g FROM generate_series(0, 119) g"
+    )  # every (updated_at, id) appears twice
+    for limit in ("2", "3", "7"):
+        result = sync(secrets_for(pg, table_name, limit=limit))
+        assert sorted(r["copy"] for r in result.rows) == list(range(120)), limit
+    pg.execute(f"INSERT INTO {table_name} SELECT 1000, 9, g FROM generate_series(1, 5) g")
+    with pytest.raises(
+        lf.SourceError, match=r"more rows with the same values of \(updated_at, id\)"
+    ):
+        sync(secrets_for(pg, table_name, limit="3"))
