@@ -24,7 +24,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pg8000.native
@@ -632,7 +632,7 @@ def build_page_sql(
 
 
 CATALOG_SQL = """SELECT n.nspname, c.relname, a.attname, a.atttypid,
- pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull
+ pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attnum
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
@@ -644,14 +644,13 @@ ORDER BY n.nspname, c.relname, a.attnum"""
 CATALOG_SCHEMA_GIVEN = "lower(n.nspname) = lower(CAST(:schema AS VARCHAR))"
 CATALOG_SCHEMA_SEARCH_PATH = "pg_catalog.pg_table_is_visible(c.oid)"
 
-PRIMARY_KEY_SQL = """SELECT kcu.column_name
-FROM information_schema.table_constraints tc
-JOIN information_schema.key_column_usage kcu
- ON kcu.constraint_schema = tc.constraint_schema AND kcu.constraint_name = tc.constraint_name
- AND kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name
-WHERE tc.constraint_type = 'PRIMARY KEY'
- AND tc.table_schema = CAST(:schema AS VARCHAR) AND tc.table_name = CAST(:table AS VARCHAR)
-ORDER BY kcu.ordinal_position"""
+# pg_constraint, not information_schema: the latter hides constraints from SELECT-only users.
+PRIMARY_KEY_SQL = """SELECT con.conkey
+FROM pg_catalog.pg_constraint con
+JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE con.contype = 'p'
+ AND n.nspname = CAST(:schema AS VARCHAR) AND c.relname = CAST(:table AS VARCHAR)"""
 
 SESSION_SQL = "SELECT pg_catalog.set_config(:name, :value, false)"
 BEGIN_SQL = "BEGIN READ ONLY"
@@ -754,7 +753,7 @@ class Batch:
     """What one invocation read, independent of the response shape it is sent in."""
 
     rows: list[Row]
-    state: TableState | None  # None: no rows, the request's state stands unchanged
+    state: TableState | None  # None: the request's state stands unchanged
     has_more: bool
     row_bytes: int  # serialised bytes of the rows list's items and separators
     pages: int  # queries it took
@@ -833,7 +832,11 @@ def read_batch(
     if not rows:
         if cut:
             raise _row_too_large(plan, config)
-        return Batch(rows=[], state=None, has_more=False, row_bytes=0, pages=pages)
+        # The position stays; a sync that ends on an empty batch is still marked complete, so
+        # the next sync applies the lookback.
+        ended = previous is not None and previous.source is not None and not previous.complete
+        state = replace(previous, complete=True) if ended and previous else None
+        return Batch(rows=[], state=state, has_more=False, row_bytes=0, pages=pages)
 
     has_more = not exhausted
     while True:
@@ -1065,12 +1068,14 @@ def load_plan(source: Source, config: Config) -> TablePlan:
     else:
         sql = CATALOG_SQL.format(schema_condition=CATALOG_SCHEMA_SEARCH_PATH)
     found: dict[tuple[str, str], list[Column]] = {}
-    for schema, name, column, type_oid, sql_type, not_null in _run(
+    attnums: dict[tuple[str, str, int], str] = {}
+    for schema, name, column, type_oid, sql_type, not_null, attnum in _run(
         con, config, "reading the catalog", sql, **params
     ):
         found.setdefault((schema, name), []).append(
             Column(column, int(type_oid), str(sql_type), not not_null)
         )
+        attnums[(schema, name, int(attnum))] = column
     wanted = display_name(config.table)
     exact = [
         k
@@ -1100,7 +1105,11 @@ def load_plan(source: Source, config: Config) -> TablePlan:
         declared = _run(
             con, config, "reading the primary key", PRIMARY_KEY_SQL, schema=schema, table=name
         )
-        primary_key = tuple(str(r[0]) for r in declared)
+        # conkey arrives as the server's text of a smallint array, e.g. "{2,1}".
+        numbers = re.findall(r"-?[0-9]+", str(declared[0][0])) if declared else []
+        primary_key = tuple(attnums.get((schema, name, int(n)), "") for n in numbers)
+        if "" in primary_key:
+            raise SourceError(f"reading the primary key of {table}: the catalog is inconsistent")
         if not primary_key:
             raise ConfigurationError(
                 f"setting 'primary_key' is missing and table {table} declares no primary key; "

@@ -240,3 +240,31 @@ def test_repeated_cursor_and_key_never_straddle_a_batch_boundary(pg, table_name)
         lf.SourceError, match=r"more rows with the same values of \(updated_at, id\)"
     ):
         sync(secrets_for(pg, table_name, limit="3"))
+
+
+def test_a_sync_ending_on_an_empty_batch_is_marked_complete(pg, table_name):
+    """Rows deleted mid-sync can leave the last batch empty; the next sync must still know
+    that a sync ended (it applies the lookback then)."""
+    pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at int NOT NULL)")
+    pg.execute(f"INSERT INTO {table_name} SELECT g, g FROM generate_series(1, 10) g")
+    secrets = secrets_for(pg, table_name, limit="5")
+    first = lf.lambda_handler({"state": {}, "secrets": secrets}, None)
+    assert first["hasMore"] and not first["state"]["tables"][table_name]["complete"]
+    pg.execute(f"DELETE FROM {table_name} WHERE id > 5")
+    last = lf.lambda_handler({"state": first["state"], "secrets": secrets}, None)
+    assert last["insert"][table_name] == [] and last["hasMore"] is False
+    entry = last["state"]["tables"][table_name]
+    assert entry["complete"] is True
+    assert entry["after"] == first["state"]["tables"][table_name]["after"]
+
+
+def test_a_select_only_user_gets_the_declared_primary_key(pg, table_name):
+    pg.execute(f"CREATE TABLE {table_name} (a int, b int, updated_at int, PRIMARY KEY (b, a))")
+    pg.execute(f"INSERT INTO {table_name} VALUES (1, 2, 3)")
+    user = f"reader_{table_name[-6:]}"
+    pg.create_user(user, "reader-pass")
+    pg.execute(f"GRANT SELECT ON {table_name} TO {user}")
+    secrets = secrets_for(pg, table_name, user=user, password="reader-pass", primary_key=None)
+    response = lf.lambda_handler({"state": {}, "secrets": secrets}, None)
+    assert response["schema"] == {table_name: {"primary_key": ["b", "a"]}}
+    assert response["insert"][table_name] == [{"a": 1, "b": 2, "updated_at": 3}]
