@@ -652,7 +652,17 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE con.contype = 'p'
  AND n.nspname = CAST(:schema AS VARCHAR) AND c.relname = CAST(:table AS VARCHAR)"""
 
-SESSION_SQL = "SELECT pg_catalog.set_config(:name, :value, false)"
+# Session settings that make the server's text output exact and stable (statement_timeout is
+# replaced by the invocation's own), all set in one round trip with bound values.
+SESSION_SETTINGS = {
+    "timezone": "UTC",
+    "datestyle": "ISO, MDY",
+    "extra_float_digits": "2",
+    "statement_timeout": "0",
+}
+SESSION_SQL = "SELECT " + ", ".join(
+    f"pg_catalog.set_config(:n{i}, :v{i}, false)" for i in range(len(SESSION_SETTINGS))
+)
 BEGIN_SQL = "BEGIN READ ONLY"
 
 
@@ -1003,22 +1013,16 @@ class Source:
         statement_ms = int(left_ms)
         if self.config.statement_timeout_s is not None:
             statement_ms = min(statement_ms, int(self.config.statement_timeout_s * 1000))
-        # Reads may take as long as the statement timeout; the server gives up first.
+        # Reads may take as long as the statement timeout: the server gives up first, and the
+        # socket a little later, still inside the time kept free at the end of the invocation.
         sock = getattr(self.con, "_usock", None)
         if sock is not None:
-            sock.settimeout(statement_ms / 1000 + 5)
-        settings = {
-            "timezone": "UTC",
-            "datestyle": "ISO, MDY",
-            "extra_float_digits": "2",
-            "statement_timeout": str(max(1, statement_ms)),
-        }
-        calls = ", ".join(
-            f"pg_catalog.set_config(:n{i}, :v{i}, false)" for i in range(len(settings))
-        )
-        params = {f"n{i}": k for i, k in enumerate(settings)}
-        params.update({f"v{i}": v for i, v in enumerate(settings.values())})
-        _run(self.con, self.config, "starting the session", f"SELECT {calls}", **params)
+            sock.settimeout(statement_ms / 1000 + max(1.0, min(5.0, statement_ms / 10_000)))
+        settings = {**SESSION_SETTINGS, "statement_timeout": str(max(1, statement_ms))}
+        params = {}
+        for i, (name, value) in enumerate(settings.items()):
+            params[f"n{i}"], params[f"v{i}"] = name, value
+        _run(self.con, self.config, "starting the session", SESSION_SQL, **params)
         _run(self.con, self.config, "starting a read-only transaction", BEGIN_SQL)
         for oid, adapter in ALL_IN_ADAPTERS.items():
             self.con.register_in_adapter(oid, adapter)
