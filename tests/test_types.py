@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -137,3 +138,21 @@ def test_types_that_cannot_page_exactly_are_refused(pg, table_name, sql_type):
         lf.ConfigurationError, match=r"setting 'cursor': column updated_at has type"
     ):
         lf.lambda_handler({"state": {}, "secrets": secrets_for(pg, table_name)}, None)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM all_types ORDER BY id",
+        "SELECT g, repeat('é', g % 7), NULL::text, g::numeric / 3, now() + g * interval '1 s',"
+        " repeat('x', g % 9000) FROM generate_series(1, 3000) g",
+    ],
+)
+def test_fast_row_reader_returns_exactly_what_pg8000_returns(pg, delivered, sql):
+    config = lf.parse_config(secrets_for(pg, "all_types"))
+    with lf.Source(config, time.monotonic() + 60) as source:
+        assert source.con is not None and "handle_messages" in vars(source.con)
+        fast = source.fetch(sql, {})
+        del source.con.handle_messages  # back to pg8000's own message loop
+        slow = source.fetch(sql, {})
+    assert fast == slow and fast

@@ -187,3 +187,17 @@ def test_seed_style_state_resumes_from_its_cursor():
     table_state = lf.read_state({"cursor": "2024-01-01 00:00:00"}, "t")
     assert table_state is not None and table_state.start == "2024-01-01 00:00:00"
     assert table_state.after is None and table_state.source is None
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {},
+        {"id": 1},
+        {"id": -(2**63), "ok": True, "no": False, "nothing": None, "f": 1e-07, "g": 2.5e300},
+        {"t": 'ü€😀\n"\\\x7f\x00', "k\u00e9y": "x", 'quo"te': "", "n": "12.30"},
+        {"j": {"a": [1, 2.5, None, "é"]}, "l": [True, {}], "s": "2024-01-02T03:04:05Z"},
+    ],
+)
+def test_row_sizer_is_exact(row):
+    assert lf.row_sizer(list(row))(row) == lf.json_size(row)
