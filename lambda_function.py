@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import socket
 import ssl
 import struct
 import sys
@@ -62,6 +63,7 @@ OID_BOOL, OID_BYTEA, OID_INT8, OID_INT2, OID_INT4, OID_OID = 16, 17, 20, 21, 23,
 OID_JSON, OID_JSONB, OID_FLOAT4, OID_FLOAT8 = 114, 3802, 700, 701
 OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_NUMERIC = 1114, 1184, 1700
 UNORDERABLE_OIDS = {OID_JSON, OID_JSONB, OID_FLOAT4, OID_FLOAT8}
+TEXT_OIDS = {19, 25, 1042, 1043}  # name, text, char(n), varchar
 
 # The settings (the connector's secrets): name -> one-line meaning. README's table lists them.
 SETTINGS: dict[str, str] = {
@@ -381,8 +383,8 @@ def parse_config(secrets: Any) -> Config:
         statement_timeout_s=_seconds_setting(secrets, "statement_timeout_s", None),
         lookback_s=parse_duration_s(secrets.get("lookback"), "lookback"),
     )
-    if config.sslrootcert is not None:
-        ssl_context(config)  # fail now, before any connection, if the PEM does not load
+    if config.sslrootcert is not None:  # fail now, before any connection, if the PEM does not load
+        ssl_context(replace(config, sslmode=DEFAULT_SSLMODE))
     return config
 
 
@@ -819,7 +821,6 @@ def read_batch(
     order = plan.order
     names = [c.name for c in plan.columns]
     order_names = [c.name for c in order]
-    order_at = [names.index(n) for n in order_names]
     after = previous.after if previous else None
     start = previous.start if previous else None
     lookback_s = 0
@@ -831,8 +832,16 @@ def read_batch(
     reserve = overhead(previous or TableState(plan.source, plan.cursor, plan.primary_key)) + 1024
     budget = config.max_response_bytes - reserve
 
+    # Ties are judged loosely for text columns (case and trailing blanks ignored): a database
+    # may hold such values equal (Redshift ignores trailing blanks; case-insensitive
+    # collations), and ending a batch between rows it holds equal would skip one of them.
+    loose = [c.type_oid in TEXT_OIDS for c in order]
+
     def key(row: Row) -> tuple[JSONValue, ...]:
-        return tuple(row[n] for n in order_names)
+        return tuple(
+            _loose_text(row[n]) if lax else row[n]
+            for n, lax in zip(order_names, loose, strict=True)
+        )
 
     size_of = row_sizer(names)
 
@@ -849,6 +858,7 @@ def read_batch(
         else:
             estimate = FIRST_PAGE_ROWS
         want = min(config.limit - len(rows), max(estimate, MIN_PAGE_ROWS))
+        next_key = None  # the previous page's look-ahead row is this page's first
         sql, params = build_page_sql(plan, want + 1, after, start, lookback_s)
         page = fetch(sql, params)  # one more row than wanted tells whether more follow
         pages += 1
@@ -864,7 +874,7 @@ def read_batch(
         if cut or len(page) <= want:
             exhausted = not cut
             break
-        next_key = tuple(page[want][i] for i in order_at)
+        next_key = key(dict(zip(names, page[want], strict=True)))
         if next_key == key(rows[-1]):
             break  # a repeated (cursor, key) straddles the page end: handled below
         after = tuple(position_text(c.type_oid, rows[-1][c.name]) for c in order)
@@ -908,6 +918,10 @@ def read_batch(
         next_key, has_more = key(popped), True
         if not rows:
             raise _row_too_large(plan, config)
+
+
+def _loose_text(value: JSONValue) -> JSONValue:
+    return value.rstrip(" ").casefold() if isinstance(value, str) else value
 
 
 def _row_too_large(plan: TablePlan, config: Config) -> RowTooLargeError:
@@ -979,15 +993,12 @@ def _source_error(exc: BaseException, config: Config, action: str) -> ConnectorE
             f"{action}: {where} does not accept TLS connections; set sslmode=disable only if "
             "the network path is trusted"
         )
-    reason = next(
-        (
-            type(c).__name__ + (f" ({c.strerror})" if isinstance(c, OSError) and c.strerror else "")
-            for c in causes[1:]
-            if c is not None
-        ),
-        "",
+    reason = ", ".join(
+        type(c).__name__ + (f" ({c.strerror})" if isinstance(c, OSError) and c.strerror else "")
+        for c in causes
+        if c is not None
     )
-    return SourceError(f"{action}: cannot talk to {where}: {type(exc).__name__} {reason}".rstrip())
+    return SourceError(f"{action}: cannot talk to {where}: {reason}")
 
 
 def _run(
@@ -1094,7 +1105,13 @@ class Source:
                 f"only {max(0, int(left_ms))} ms are left in this invocation; raise the Lambda "
                 "timeout (up to 15 minutes)"
             )
+        timeout_s = min(config.connect_timeout_s, left_ms / 1000)
+        sock = None
         try:
+            # Our own socket, so that it is closed whatever fails (pg8000 leaves it open when
+            # the TLS negotiation times out).
+            sock = socket.create_connection((config.host, config.port), timeout_s)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             self.con = pg8000.native.Connection(
                 user=config.user,
                 password=config.password,
@@ -1102,10 +1119,12 @@ class Source:
                 port=config.port,
                 database=config.database,
                 ssl_context=ssl_context(config),
-                timeout=min(config.connect_timeout_s, left_ms / 1000),
+                sock=sock,
                 application_name=APPLICATION_NAME,
             )
         except (pg8000.native.Error, OSError, ssl.SSLError) as e:
+            if sock is not None:
+                sock.close()
             raise _source_error(e, config, "connecting") from None
         try:
             self._start_session()
