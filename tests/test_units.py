@@ -189,15 +189,25 @@ def test_seed_style_state_resumes_from_its_cursor():
     assert table_state.after is None and table_state.source is None
 
 
+TEXT, INT8, BOOL, FLOAT8, JSONB = 25, lf.OID_INT8, lf.OID_BOOL, lf.OID_FLOAT8, lf.OID_JSONB
+
+
 @pytest.mark.parametrize(
-    "row",
+    "columns",
     [
-        {},
-        {"id": 1},
-        {"id": -(2**63), "ok": True, "no": False, "nothing": None, "f": 1e-07, "g": 2.5e300},
-        {"t": 'ü€😀\n"\\\x7f\x00', "k\u00e9y": "x", 'quo"te': "", "n": "12.30"},
-        {"j": {"a": [1, 2.5, None, "é"]}, "l": [True, {}], "s": "2024-01-02T03:04:05Z"},
+        [("id", INT8, [1, -(2**63), None, 0])],
+        [("ok", BOOL, [True, False, None, True]), ("f", FLOAT8, [1e-07, 2.5e300, None, -0.0])],
+        [("t", TEXT, ['ü€😀\n"\\\x7f\x00', "", None, "12.30"]), ("k\u00e9y", TEXT, ["x"] * 4)],
+        [('quo"te', TEXT, ["a", "b", "c", "d"]), ("n", INT8, [None] * 4)],
+        [
+            ("j", JSONB, [{"a": [1, 2.5, None, "é"]}, [True, {}], None, "s"]),
+            ("z", TEXT, [None] * 4),
+        ],
     ],
 )
-def test_row_sizer_is_exact(row):
-    assert lf.row_sizer(list(row))(row) == lf.json_size(row)
+def test_page_sizer_is_exact(columns):
+    spec = [lf.Column(name, oid, "t", True) for name, oid, _ in columns]
+    page = [list(values) for values in zip(*(values for _, _, values in columns), strict=True)]
+    rows = [dict(zip([c.name for c in spec], values, strict=True)) for values in page]
+    assert lf.page_sizer(spec)(page) == [lf.json_size(row) + 2 for row in rows]
+    assert lf.page_sizer(spec)([]) == []
