@@ -12,7 +12,6 @@ the command line. Everything above "Database I/O" is pure.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import bisect
 import contextlib
@@ -28,6 +27,7 @@ import ssl
 import struct
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -1315,6 +1315,9 @@ def lambda_response(
     }
 
 
+_SYNC_ID = re.compile(r"[\w.:-]{1,100}")  # what is logged of a sync_id: nothing that forges lines
+
+
 def _remaining_ms(context: Any) -> float:
     get = getattr(context, "get_remaining_time_in_millis", None)
     return float(get()) if callable(get) else float(LOCAL_RUN_TIME_MS)
@@ -1341,7 +1344,7 @@ def _handle(request: Any, context: Any) -> dict[str, Any]:
     if not isinstance(request, Mapping):
         raise ConfigurationError("the request must be a JSON object with 'secrets' and 'state'")
     sync_id = request.get("sync_id")
-    sync_id = sync_id if isinstance(sync_id, str) and len(sync_id) <= 100 else "-"
+    sync_id = sync_id if isinstance(sync_id, str) and _SYNC_ID.fullmatch(sync_id) else "-"
     setup_test = request.get("setup_test", False)
     try:
         if not isinstance(setup_test, bool):
@@ -1370,6 +1373,22 @@ def _handle(request: Any, context: Any) -> dict[str, Any]:
     except ConnectorError as e:
         logger.error("sync_id=%s failed: %s: %s", sync_id, type(e).__name__, e)
         raise
+    except Exception as e:
+        # A bug, not bad input. Its message may quote a value, so it is not passed on; where
+        # it happened is.
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        logger.error(
+            "sync_id=%s failed: unexpected %s at %s:%s in %s",
+            sync_id,
+            type(e).__name__,
+            os.path.basename(where.filename),
+            where.lineno,
+            where.name,
+        )
+        raise ConnectorError(
+            f"unexpected internal error ({type(e).__name__} in {where.name}); please report it "
+            "with the sync_id and the function's log line"
+        ) from None
     state_out = (
         state_in
         if batch.state is None
@@ -1421,6 +1440,8 @@ def load_request(path: str, environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import argparse  # only the command line needs it: keep the Lambda's cold start lighter
+
     parser = argparse.ArgumentParser(
         prog="python lambda_function.py",
         description="Invoke lambda_handler locally with a Fivetran request file and print the "

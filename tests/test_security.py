@@ -89,3 +89,26 @@ def test_errors_never_carry_the_password(pg, orders, caplog):
             lf.lambda_handler({"state": {}, "secrets": secrets}, None)
         assert pg.password not in str(err.value)
         assert pg.password not in repr(lf.parse_config(secrets_for(pg, orders)))
+
+
+def test_an_unexpected_error_is_reported_without_its_message(pg, orders, monkeypatch, caplog):
+    """A bug's message may quote a row value (int('...')): it is replaced, its place logged."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("invalid literal for int() with base 10: 'customer-7'")
+
+    monkeypatch.setattr(lf, "read_batch", broken)
+    with pytest.raises(
+        lf.ConnectorError, match=r"unexpected internal error \(ValueError in broken\)"
+    ) as err:
+        lf.lambda_handler(
+            {"state": {}, "secrets": secrets_for(pg, orders), "sync_id": "abc-1"}, None
+        )
+    assert "customer-7" not in str(err.value) and "customer-7" not in caplog.text
+    assert "sync_id=abc-1 failed: unexpected ValueError at test_security.py:" in caplog.text
+
+
+def test_a_sync_id_that_could_forge_log_lines_is_not_logged(pg, orders, caplog):
+    request = {"state": {}, "secrets": secrets_for(pg, orders), "sync_id": "x\nERROR forged"}
+    lf.lambda_handler(request, None)
+    assert "forged" not in caplog.text and "sync_id=- " in caplog.text
