@@ -88,7 +88,7 @@ In the same run, on the same server and machine, the same rows in the same order
 server and the wire deliver), plain pg8000 (keyset pages of 50,000 rows, no dicts, no JSON)
 with its default type adapters and with the handler's text adapters, for context, and the seed
 tutorial's function (Fivetran's sample Redshift function, patched only as far as needed to run
-on pg8000 1.31, 5,000 rows per call, its `print(response)` sent to /dev/null). The slowest
+on pg8000 1.31, 5,000 rows per call, its print of every response sent to /dev/null). The slowest
 context readers (pg8000 with default adapters, the seed without its print) stop after
 `--context-rows` (250,000) rows to keep a run to a few minutes; rows/s is what is compared. The
 handler's sync, the seed's sync and three psql passes (before, halfway, after; the median
@@ -558,7 +558,7 @@ def seed_calls(
     state: dict[str, Any] = {}
     with open(os.devnull, "w") as devnull:
         while run.calls < 100_000 and run.delivered < max_rows:
-            with contextlib.redirect_stdout(devnull):  # its print(response), and print(err)
+            with contextlib.redirect_stdout(devnull):  # the seed prints every response and error
                 t0 = time.perf_counter()
                 response = handler({"state": state, "secrets": secrets}, None)
                 run.seconds += time.perf_counter() - t0
