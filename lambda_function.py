@@ -63,7 +63,7 @@ APPLICATION_NAME = "redshift-lambda"
 # Type OIDs (PostgreSQL's, which Redshift shares for the types it has).
 OID_BOOL, OID_BYTEA, OID_INT8, OID_INT2, OID_INT4, OID_OID = 16, 17, 20, 21, 23, 26
 OID_JSON, OID_JSONB, OID_FLOAT4, OID_FLOAT8 = 114, 3802, 700, 701
-OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_NUMERIC = 1114, 1184, 1700
+OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_NUMERIC, OID_DATE = 1114, 1184, 1700, 1082
 UNORDERABLE_OIDS = {OID_JSON, OID_JSONB, OID_FLOAT4, OID_FLOAT8}
 TEXT_OIDS = {19, 25, 1042, 1043}  # name, text, char(n), varchar
 
@@ -1269,7 +1269,11 @@ def load_plan(source: Source, config: Config) -> TablePlan:
                 f"{column.sql_type}, which cannot page exactly; expected an integer, numeric, "
                 "date, timestamp or text column"
             )
-    if config.lookback_s and plan.order[0].type_oid not in (1082, OID_TIMESTAMP, OID_TIMESTAMPTZ):
+    if config.lookback_s and plan.order[0].type_oid not in (
+        OID_DATE,
+        OID_TIMESTAMP,
+        OID_TIMESTAMPTZ,
+    ):
         raise ConfigurationError(
             f"setting 'lookback' needs a date or timestamp as the first cursor column; "
             f"{display_name([plan.order[0].name])} is {plan.order[0].sql_type}"
