@@ -520,7 +520,7 @@ def read_state(state: Any, destination: str) -> TableState | None:
 
 def write_state(state: Mapping[str, Any], destination: str, table: TableState) -> dict[str, Any]:
     """The state to return: the request's other tables kept, this table's entry replaced."""
-    tables = dict(state.get("tables") or {}) if "tables" in state else {}
+    tables = dict(state.get("tables") or {})  # a seed-style state has none: it is replaced
     tables[destination] = {
         "source": table.source,
         "cursor": list(table.cursor),
@@ -900,8 +900,9 @@ def read_batch(
             raise _row_too_large(plan, config)
         # The position stays; a sync that ends on an empty batch is still marked complete, so
         # the next sync applies the lookback.
-        ended = previous is not None and previous.source is not None and not previous.complete
-        state = replace(previous, complete=True) if ended and previous else None
+        state = None
+        if previous is not None and previous.source is not None and not previous.complete:
+            state = replace(previous, complete=True)
         return Batch(rows=[], state=state, has_more=False, row_bytes=0, pages=pages)
 
     has_more = not exhausted
