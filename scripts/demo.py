@@ -3,20 +3,29 @@
 Starts a throwaway PostgreSQL server, fills ``public.orders`` (default 200,000 rows with
 unicode names, exact money, NULLs and many rows per ``updated_at`` second), then invokes
 ``lambda_function.lambda_handler`` in-process exactly as Fivetran's AWS Lambda connector does:
-one request per batch, the returned ``state`` fed back while ``hasMore`` is true. Each batch is
-upserted by primary key into an in-memory "destination". At the end the source (checksummed
-in SQL) and the destination (checksummed from the JSON rows) are compared. Then 3 rows are
-inserted and 2 updated, and an incremental sync from the saved state must deliver exactly
-those 5 rows. The server and its files are removed afterwards, also on Ctrl-C.
+one request per batch, the returned ``state`` fed back while ``hasMore`` is true. Each response
+is applied to a local DuckDB warehouse (``demo.duckdb``; see scripts/warehouse.py): rows
+upserted by the primary key the response declares, deletes applied when a response has any.
+At the end the source (checksummed in SQL) and the DuckDB table (checksummed from its rows)
+are compared. Then 3 rows are inserted and 2 updated, and an incremental sync from the saved
+state must deliver exactly those 5 rows. The server and its files are removed afterwards, also
+on Ctrl-C; the DuckDB file stays, to be queried.
 
-Usage: ./demo.sh [--rows N] [--limit N] [--max-response-bytes N] [--quiet]
+With ``--serve`` it only starts the server, fills the table, prints the
+``REDSHIFT_LAMBDA_*`` settings to run ``lambda_function.py`` against it from another shell,
+and keeps the server until Ctrl-C.
+
+Usage: ./demo.sh [--rows N] [--limit N] [--max-response-bytes N] [--duckdb PATH] [--quiet]
+       ./demo.sh --serve [--rows N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import shlex
 import signal
 import sys
 import time
@@ -32,10 +41,13 @@ for _path in (str(ROOT), str(ROOT / "tests")):
         sys.path.insert(0, _path)
 
 from pgserver import PostgresServer  # noqa: E402
+from warehouse import Warehouse  # noqa: E402
 
 import lambda_function as lf  # noqa: E402
 
 TABLE = "public.orders"
+DESTINATION_TABLE = "orders"  # the destination table name the function declares (no schema)
+DEFAULT_DUCKDB = ROOT / "demo.duckdb"
 COLUMNS = ("id", "customer", "amount", "currency", "status", "created_at", "updated_at", "note")
 NULL = "\\N"  # how a NULL is written in the canonical text of a row (as in COPY)
 AGENT = "Fivetran AWS Lambda Connector/demo_external_id/redshift_orders"
@@ -135,11 +147,13 @@ def canonical_line(row: Mapping[str, Any]) -> str:
     return "|".join(_canonical_value(c, row[c]) for c in COLUMNS)
 
 
-def destination_checksum(rows: Mapping[int, Mapping[str, Any]]) -> tuple[int, str]:
-    """(row count, md5 of the canonical lines ordered by id), as CHECKSUM_SQL computes it."""
+def destination_checksum(warehouse: Warehouse) -> tuple[int, str]:
+    """(row count, md5 of the canonical lines ordered by id) of the DuckDB table, as
+    CHECKSUM_SQL computes it for the source. Soft-deleted rows do not count."""
     digest = hashlib.md5(usedforsecurity=False)
-    for key in sorted(rows):
-        digest.update((canonical_line(rows[key]) + "\n").encode("utf-8"))
+    rows = warehouse.rows(DESTINATION_TABLE)  # ordered by the declared key, id
+    for row in rows:
+        digest.update((canonical_line(row) + "\n").encode("utf-8"))
     return len(rows), digest.hexdigest()
 
 
@@ -164,17 +178,19 @@ class SyncStats:
     bytes: int = 0
     largest: int = 0  # bytes of the largest response
     seconds: float = 0.0
+    load_seconds: float = 0.0  # applying the responses to DuckDB
+    deleted: int = 0  # rows deleted or soft-deleted by the responses
     delivered_ids: list[int] = field(default_factory=list)
 
 
 def run_sync(
     secrets: Mapping[str, str],
     state: dict[str, Any],
-    destination: dict[int, dict[str, Any]],
+    warehouse: Warehouse,
     *,
     quiet: bool,
 ) -> tuple[dict[str, Any], SyncStats]:
-    """One Fivetran sync: invoke until hasMore is false, upserting each batch by primary key.
+    """One Fivetran sync: invoke until hasMore is false, applying each response to DuckDB.
 
     Returns the state Fivetran would have saved last, and what the sync moved.
     """
@@ -190,10 +206,12 @@ def run_sync(
         text = json.dumps(response)  # what the Lambda runtime sends back to Fivetran
         size = len(text.encode())
         received = json.loads(text)  # what Fivetran receives
-        batch = received["insert"].get("orders", [])
-        [key] = received["schema"]["orders"]["primary_key"]
-        for row in batch:  # upsert by primary key, as a destination with a declared key does
-            destination[row[key]] = row
+        batch = received["insert"].get(DESTINATION_TABLE, [])
+        [key] = received["schema"][DESTINATION_TABLE]["primary_key"]
+        started = time.perf_counter()
+        applied = warehouse.apply(received)  # upsert by the declared key, then any deletes
+        stats.load_seconds += time.perf_counter() - started
+        stats.deleted += sum(applied.deleted.values()) + sum(applied.soft_deleted.values())
         stats.delivered_ids.extend(row[key] for row in batch)
         stats.invocations += 1
         stats.rows += len(batch)
@@ -222,13 +240,15 @@ def report_sync(stats: SyncStats, budget: int) -> None:
         f"  largest response: {stats.largest:,} bytes (budget max_response_bytes={budget:,}; "
         f"Lambda's cap {lf.LAMBDA_RESPONSE_LIMIT_BYTES:,})"
     )
+    deletes = f"; {stats.deleted:,} rows deleted" if stats.deleted else ""
+    say(f"  loaded into DuckDB in {stats.load_seconds:.2f} s{deletes}")
 
 
-def compare(pg: PostgresServer, destination: Mapping[int, Mapping[str, Any]]) -> bool:
+def compare(pg: PostgresServer, warehouse: Warehouse) -> bool:
     """Print source and destination side by side; True when they match."""
     src_count, src_md5 = source_checksum(pg)
-    dst_count, dst_md5 = destination_checksum(destination)
-    say(f"  {'':<10} {'source (SQL)':<34} destination (JSON rows)")
+    dst_count, dst_md5 = destination_checksum(warehouse)
+    say(f"  {'':<10} {'source (PostgreSQL)':<34} destination (DuckDB)")
     say(f"  {'rows':<10} {src_count:<34,} {dst_count:,}")
     say(f"  {'md5':<10} {src_md5:<34} {dst_md5}")
     same = (src_count, src_md5) == (dst_count, dst_md5)
@@ -249,23 +269,23 @@ def describe_settings(secrets: Mapping[str, str]) -> str:
     return " ".join([shown, *defaults])
 
 
-def demo(pg: PostgresServer, args: argparse.Namespace) -> int:
-    """Everything that happens while the server runs; the exit status."""
-    say(f"Server: {pg.describe()}")
-
-    say(f"\nCreating {TABLE} with {args.rows:,} rows ...")
+def fill_source(pg: PostgresServer, rows: int) -> None:
+    say(f"\nCreating {TABLE} with {rows:,} rows ...")
     started = time.perf_counter()
     pg.execute(CREATE_SQL)
-    pg.execute(FILL_SQL, rows=str(args.rows))
+    pg.execute(FILL_SQL, rows=str(rows))
     pg.execute("CREATE INDEX ON public.orders (updated_at, id)")
     pg.execute("ANALYZE public.orders")
     [[distinct]] = pg.execute("SELECT count(DISTINCT updated_at) FROM public.orders")
     say(
-        f"  done in {time.perf_counter() - started:.1f} s: {args.rows:,} rows share "
-        f"{distinct:,} distinct updated_at values (about {args.rows / distinct:,.0f} rows each)"
+        f"  done in {time.perf_counter() - started:.1f} s: {rows:,} rows share "
+        f"{distinct:,} distinct updated_at values (about {rows / distinct:,.0f} rows each)"
     )
 
-    secrets: dict[str, str] = {
+
+def connection_secrets(pg: PostgresServer) -> dict[str, str]:
+    """The connector's settings for the throwaway server: a loopback server without TLS."""
+    return {
         "host": pg.host,
         "port": str(pg.port),
         "dbname": pg.database,
@@ -276,6 +296,58 @@ def demo(pg: PostgresServer, args: argparse.Namespace) -> int:
         "primary_key": "id",
         "sslmode": "disable",
     }
+
+
+def shown_path(path: Path) -> str:
+    """The path relative to the current directory when it is below it, else absolute."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.absolute())
+
+
+def fresh_duckdb(path: Path) -> Warehouse:
+    """An empty DuckDB database at ``path``: a full sync starts from state {}, so the copy
+    of an earlier run goes first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in (path, path.with_name(path.name + ".wal")):
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+    return Warehouse(path)
+
+
+def how_to_query(path: Path) -> None:
+    where = shown_path(path)
+    python = shown_path(Path(sys.executable))
+    query = (
+        "SELECT status, count(*) AS orders, sum(CAST(amount AS DECIMAL(14, 2))) AS amount "
+        "FROM orders GROUP BY status ORDER BY status"
+    )
+    code = (
+        f"import duckdb; print(duckdb.connect({json.dumps(where)}, read_only=True)"
+        f".sql({json.dumps(query)}))"
+    )
+    say(
+        f"\nThe copy stays in {where} (table {DESTINATION_TABLE}; the next run replaces it). "
+        "Query it:"
+    )
+    say(f"  {shlex.quote(python)} -c {shlex.quote(code)}")
+    say(
+        f"  or with the DuckDB CLI, if installed: duckdb {shlex.quote(where)} "
+        f'"SELECT * FROM {DESTINATION_TABLE} LIMIT 5"'
+    )
+    say(
+        "  amount, created_at and updated_at hold the exact text the function sent: cast them "
+        "(CAST(amount AS DECIMAL(12, 2)), CAST(updated_at AS TIMESTAMP)) to compute with them."
+    )
+
+
+def demo(pg: PostgresServer, args: argparse.Namespace, warehouse: Warehouse) -> int:
+    """Everything that happens while the server runs; the exit status."""
+    say(f"Server: {pg.describe()}")
+    fill_source(pg, args.rows)
+
+    secrets = connection_secrets(pg)
     if args.limit is not None:
         secrets["limit"] = str(args.limit)
     if args.max_response_bytes is not None:
@@ -285,17 +357,24 @@ def demo(pg: PostgresServer, args: argparse.Namespace) -> int:
         "  sslmode=disable: this throwaway server listens on the loopback interface only. "
         "Against Redshift keep the default, verify-full."
     )
+    say(f"Destination: DuckDB file {shown_path(Path(warehouse.path))}")
 
     budget = args.max_response_bytes or lf.DEFAULT_MAX_RESPONSE_BYTES
-    destination: dict[int, dict[str, Any]] = {}
     say("\nFull sync (state {}):")
-    state, stats = run_sync(secrets, {}, destination, quiet=args.quiet)
+    state, stats = run_sync(secrets, {}, warehouse, quiet=args.quiet)
     report_sync(stats, budget)
-    if SAMPLE_ID in destination:
-        sample = json.dumps(destination[SAMPLE_ID], ensure_ascii=False)
-        say(f"  a row as the destination received it: {sample}")
+    sample = warehouse.connection.execute(
+        f"SELECT * EXCLUDE (_fivetran_synced, _fivetran_deleted) FROM {DESTINATION_TABLE} "
+        "WHERE id = ?",
+        [SAMPLE_ID],
+    )
+    found = sample.fetchall()
+    if found:
+        names = [d[0] for d in sample.description]
+        row = json.dumps(dict(zip(names, found[0], strict=True)), ensure_ascii=False)
+        say(f"  a row as the destination holds it: {row}")
     say("\nSource vs destination after the full sync:")
-    if not compare(pg, destination):
+    if not compare(pg, warehouse):
         return EXIT_MISMATCH
 
     first_new = args.rows + 1
@@ -308,7 +387,7 @@ def demo(pg: PostgresServer, args: argparse.Namespace) -> int:
         f"{updated[0]} and {updated[1]} (updated_at set to now)."
     )
     say("Incremental sync (from the saved state):")
-    _, stats = run_sync(secrets, state, destination, quiet=args.quiet)
+    _, stats = run_sync(secrets, state, warehouse, quiet=args.quiet)
     report_sync(stats, budget)
     delivered = sorted(stats.delivered_ids)
     exact = delivered == expected
@@ -317,22 +396,58 @@ def demo(pg: PostgresServer, args: argparse.Namespace) -> int:
         f"({'exactly the changed rows' if exact else f'MISMATCH: expected ids {expected}'})"
     )
     say("\nSource vs destination after the incremental sync:")
-    same = compare(pg, destination)
+    same = compare(pg, warehouse)
     return 0 if same and exact else EXIT_MISMATCH
+
+
+def serve(pg: PostgresServer, args: argparse.Namespace) -> int:
+    """Fill the table, print the settings to reach it, and wait for Ctrl-C."""
+    say(f"Server: {pg.describe()}")
+    fill_source(pg, args.rows)
+    secrets = connection_secrets(pg)
+    exports = " ".join(
+        f"{lf.ENV_PREFIX}{key.upper()}={shlex.quote(secrets[key])}"
+        for key in ("host", "port", "dbname", "user", "password", "sslmode")
+    )
+    say(
+        f"\n{TABLE} is served until Ctrl-C. In another shell, in {ROOT}, set the connection "
+        "(events/first_sync.json already names the table, cursor and primary key):\n"
+    )
+    say(f"export {exports}")
+    say("\nthen run, for example:\n")
+    say(".venv/bin/python lambda_function.py events/first_sync.json --all --no-rows")
+    say("\nWaiting (Ctrl-C to stop the server and remove its files) ...")
+    while True:
+        signal.pause()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="demo.sh",
         description="Copy a realistic table from a throwaway PostgreSQL through "
-        "lambda_handler, exactly as Fivetran would, and prove the copy with checksums.",
+        "lambda_handler into a local DuckDB file, exactly as Fivetran would, and prove the copy "
+        "with checksums.",
     )
     parser.add_argument(
         "--rows", type=int, default=200_000, help="rows in public.orders (default: 200000)"
     )
     parser.add_argument("--limit", type=int, help="the 'limit' setting (rows per response)")
     parser.add_argument("--max-response-bytes", type=int, help="the 'max_response_bytes' setting")
+    parser.add_argument(
+        "--duckdb",
+        type=Path,
+        default=DEFAULT_DUCKDB,
+        metavar="PATH",
+        help="the destination DuckDB file, replaced on each run (default: demo.duckdb in the "
+        "repository)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no per-batch progress lines")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="only start the server and fill the table, print the REDSHIFT_LAMBDA_* settings "
+        "to run lambda_function.py against it, and wait for Ctrl-C",
+    )
     args = parser.parse_args(argv)
     if args.rows < 10:
         parser.error("--rows must be at least 10")
@@ -349,7 +464,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with server:
                 workdir = server.data_dir.parent
-                return demo(server, args)
+                if args.serve:
+                    return serve(server, args)
+                with fresh_duckdb(args.duckdb) as warehouse:
+                    status = demo(server, args, warehouse)
+                how_to_query(args.duckdb)
+                return status
         finally:
             server.stop()  # idempotent; the context manager has normally done it already
             if workdir is not None:
@@ -360,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+        return 0 if args.serve else EXIT_INTERRUPTED
     except lf.ConnectorError as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 1
