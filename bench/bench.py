@@ -1,13 +1,14 @@
 """Benchmark a full sync through lambda_function.lambda_handler on a throwaway PostgreSQL.
 
-Usage: python bench/bench.py [--rows N] [--quick] [--no-write]
+Usage: python bench/bench.py [--rows N] [--quick] [--write]
 
 Builds a table (default 1,000,000 rows) on a PostgreSQL server started for the run, syncs it
 through the handler exactly as Fivetran would (state fed back while hasMore), and in the same
 run reads the same rows with psql's \\copy (what wire and server can deliver), with plain
-pg8000, and with the seed tutorial's function. Prints the figures and rewrites the figures
-section of BENCHMARKS.md. Not part of the test suite. Needs the packages of
-requirements-dev.txt and PostgreSQL server binaries (see tests/pgserver.py).
+pg8000, and with the seed tutorial's function (bench/seed_baseline.py). Prints the figures;
+with --write also rewrites the figures section of BENCHMARKS.md. Not part of the test suite.
+Needs the packages of requirements-dev.txt and PostgreSQL server binaries (see
+tests/pgserver.py).
 """
 
 from __future__ import annotations
@@ -15,20 +16,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import importlib.metadata
 import importlib.util
 import json
 import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +36,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.dont_write_bytecode = True  # leave no __pycache__ in the checkout
-for _path in (ROOT, ROOT / "tests"):
+for _path in (ROOT, ROOT / "tests", ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import seed_baseline  # noqa: E402
 from pgserver import PostgresServer  # noqa: E402
 
 import lambda_function as lf  # noqa: E402
@@ -55,7 +56,6 @@ IMPORT_RUNS = 5
 REPLAYS = 5  # first and last full batch invoked again, interleaved: median per row
 DEFAULT_CONTEXT_ROWS = 250_000  # the slow context readers stop after about this many rows
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
-SEED_DIR = ROOT.parent / "shared" / "seed"
 MARK_START = "<!-- figures:start -->"
 MARK_END = "<!-- figures:end -->"
 
@@ -74,10 +74,12 @@ throwaway PostgreSQL server it starts itself (`tests/pgserver.py`). It is not pa
 suite.
 
 ```
-.venv/bin/python bench/bench.py            # 1,000,000 rows, a few minutes on 2 cores
+.venv/bin/python bench/bench.py --write    # 1,000,000 rows, a few minutes on 2 cores
 .venv/bin/python bench/bench.py --quick    # 100,000 rows, a smoke run
-.venv/bin/python bench/bench.py --rows 250000 --no-write
+.venv/bin/python bench/bench.py --rows 250000
 ```
+
+Figures are printed; only `--write` puts them into this file.
 
 The table: `id bigint` primary key, `updated_at timestamp` with about 20 rows per value,
 `amount numeric(12,2)`, `customer varchar(64)`, `created_at timestamptz` (a few NULLs), an
@@ -87,8 +89,11 @@ In the same run, on the same server and machine, the same rows in the same order
 `psql -c "\\copy (SELECT * ... ORDER BY updated_at, id) TO STDOUT"` (the reference: what the
 server and the wire deliver), plain pg8000 (keyset pages of 50,000 rows, no dicts, no JSON)
 with its default type adapters and with the handler's text adapters, for context, and the seed
-tutorial's function (Fivetran's sample Redshift function, patched only as far as needed to run
-on pg8000 1.31, 5,000 rows per call, its print of every response sent to /dev/null). The slowest
+tutorial's function (the algorithm of Fivetran's sample Redshift function, rewritten in
+`bench/seed_baseline.py` and changed only as far as needed to run on pg8000 1.31: strict
+`cursor > 'last value'` pages with `LIMIT`, values formatted into the SQL text, decimals to
+float, a new connection per call; 5,000 rows per call, its print of every response sent to
+/dev/null). The slowest
 context readers (pg8000 with default adapters, the seed without its print) stop after
 `--context-rows` (250,000) rows to keep a run to a few minutes; rows/s is what is compared. The
 handler's sync, the seed's sync and three psql passes (before, halfway, after; the median
@@ -105,8 +110,8 @@ the sync advances), re-invoked from their states five times, interleaved, median
 RSS (`VmHWM`: Linux's `ru_maxrss` of a child keeps its parent's peak across fork and exec) of
 one full-size invocation from mid-table in a fresh process, with and without the runtime's
 serialisation of the response; and the cold import time of `lambda_function` in a fresh
-process, with bytecode cached and from sources as the zip ships them (no `.pyc`). The section
-below is rewritten by every run of the script.
+process, with bytecode cached and from sources as the zip ships them (no `.pyc`). Every run
+prints its figures; a run with `--write` also rewrites the section below.
 """
 
 # One full-size invocation in a fresh process: peak RSS after import, after the call, and after
@@ -494,65 +499,16 @@ def run_pg8000(server: PostgresServer, *, text_adapters: bool, max_rows: int) ->
 # The seed baseline
 # ---------------------------------------------------------------------------------------------
 
-_CODE_BLOCK = re.compile(r"^(~~~|```)[ \t]*(?:py|python)[ \t]*\n(.*?)^\1[ \t]*$", re.M | re.S)
-
-# The smallest changes that make the tutorial's code run on pg8000 1.31: (pattern, replacement,
-# why). Each must match; the notes go into the report.
-SEED_PATCHES: tuple[tuple[str, str, str], ...] = (
-    (
-        r"item\[0\]\.decode\(\)",
-        "item[0]",
-        "column names are str since pg8000 1.16.6: `.decode()` removed",
-    ),
-    (
-        r"ssl=True",
-        "ssl_context=False",
-        "`ssl=True` is no longer a pg8000 argument: `ssl_context=False` (plain TCP on loopback, "
-        "as the handler's sslmode=disable)",
-    ),
-    (
-        r"limit = request\['secrets'\]\['limit'\]",
-        "limit = int(request['secrets']['limit'])",
-        "`limit` arrives as a string (Fivetran secrets are strings): compared as int",
-    ),
-)
-
-
-def load_seed(seed_dir: Path) -> tuple[str, list[str]] | str:
-    """The seed's Python code, patched, and the notes; or why there is none."""
-    if not seed_dir.is_dir():
-        return f"seed directory {seed_dir} not found: seed baseline skipped"
-    for path in sorted(seed_dir.glob("*.txt")):
-        for match in _CODE_BLOCK.finditer(path.read_text(encoding="utf-8")):
-            code = match.group(2)
-            if "def lambda_handler" not in code:
-                continue
-            notes = [f"code block of {path.name}"]
-            for pattern, replacement, why in SEED_PATCHES:
-                code, count = re.subn(pattern, replacement, code)
-                if count == 0:
-                    return f"seed code in {path.name} does not contain {pattern!r}: skipped"
-                notes.append(why)
-            return code, notes
-    return f"no Python code block with lambda_handler in {seed_dir}/*.txt: seed baseline skipped"
-
-
-def _no_print(*args: object, **kwargs: object) -> None:
-    return None
-
 
 def seed_calls(
-    server: PostgresServer, code: str, run: SeedRun, *, keep_print: bool, max_rows: int
+    server: PostgresServer, run: SeedRun, *, keep_print: bool, max_rows: int
 ) -> Iterator[None]:
     """Drive the seed's lambda_handler as Fivetran would ({'cursor': ...} fed back while
     hasMore) until the table ends or about ``max_rows`` rows are delivered. Yields after each
     call (recorded in ``run``) so other readers can run in between."""
-    module = types.ModuleType("seed_lambda_function")
-    if not keep_print:
-        module.__dict__["print"] = _no_print
-    # The tutorial's code, run as its own module: trusted text from the project's docs.
-    exec(compile(code, "seed_lambda_function.py", "exec"), module.__dict__)  # noqa: S102
-    handler: Callable[[dict[str, Any], Any], dict[str, Any]] = module.__dict__["lambda_handler"]
+    handler: Callable[[dict[str, Any], Any], dict[str, Any]] = functools.partial(
+        seed_baseline.lambda_handler, echo=keep_print
+    )
     secrets = secrets_for(server, limit=str(run.limit))
     run.seen = bytearray(run.rows + 1)
     state: dict[str, Any] = {}
@@ -902,10 +858,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"rows per call of the seed function (default {DEFAULT_SEED_LIMIT:,})",
     )
     parser.add_argument(
-        "--seed-dir", type=Path, default=SEED_DIR, help=f"seed tutorial (default {SEED_DIR})"
-    )
-    parser.add_argument(
-        "--output", type=Path, default=BENCHMARKS_MD, help="markdown file to update"
+        "--output",
+        type=Path,
+        default=BENCHMARKS_MD,
+        help="markdown file --write updates (default: BENCHMARKS.md)",
     )
     parser.add_argument(
         "--context-rows",
@@ -914,7 +870,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the slow context readers (pg8000 with default adapters, the seed without its "
         f"print) stop after about this many rows (default {DEFAULT_CONTEXT_ROWS:,})",
     )
-    parser.add_argument("--no-write", action="store_true", help="print only, write no file")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="also rewrite the figures section of --output (default: print only)",
+    )
     args = parser.parse_args(argv)
     rows = QUICK_ROWS if args.quick else args.rows
     if rows < 1:
@@ -937,18 +897,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 psql_runs.append(run_psql(server, psql_path))
                 print(f"  psql: {psql_runs[-1].seconds:.2f} s", flush=True)
 
-        seeds: list[SeedRun] = []
-        seed_notes: list[str] = []
-        seed_steps: Iterator[None] | None = None
-        loaded = load_seed(args.seed_dir)
-        if isinstance(loaded, str):
-            print(f"note: {loaded}", flush=True)
-            seed_notes = [loaded]
-            code = None
-        else:
-            code, seed_notes = loaded
-            seeds.append(SeedRun("seed tutorial, print to /dev/null", args.seed_limit, rows))
-            seed_steps = seed_calls(server, code, seeds[0], keep_print=True, max_rows=rows)
+        seed_notes = list(seed_baseline.CHANGES)
+        seeds = [SeedRun("seed tutorial, print to /dev/null", args.seed_limit, rows)]
+        seed_steps: Iterator[None] | None = seed_calls(
+            server, seeds[0], keep_print=True, max_rows=rows
+        )
 
         # The handler's sync, the seed's and three psql passes interleaved in time: a busy
         # moment of a shared machine then slows every reader alike, and the ratios hold.
@@ -970,12 +923,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("psql not found (server bin_dir or PATH): no reference", flush=True)
         replay = replay_first_and_last(server, handler)
 
-        if code is not None:
-            seeds.append(SeedRun("seed tutorial, print removed", args.seed_limit, rows))
-            steps = seed_calls(
-                server, code, seeds[-1], keep_print=False, max_rows=args.context_rows
-            )
-            advance_seed(steps, seeds[-1], sys.maxsize, seed_notes)
+        seeds.append(SeedRun("seed tutorial, print removed", args.seed_limit, rows))
+        steps = seed_calls(server, seeds[-1], keep_print=False, max_rows=args.context_rows)
+        advance_seed(steps, seeds[-1], sys.maxsize, seed_notes)
         seeds = [seed for seed in seeds if not seed.failed]
         for seed in seeds:
             print(
@@ -1015,9 +965,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print()
     print(report)
-    if not args.no_write:
+    if args.write:
         write_benchmarks_md(args.output, report)
         print(f"wrote {args.output}")
+    else:
+        print(f"(printed only; --write puts these figures into {args.output})")
     return 0
 
 
