@@ -93,12 +93,11 @@ tutorial's function (the algorithm of Fivetran's sample Redshift function, rewri
 `bench/seed_baseline.py` and changed only as far as needed to run on pg8000 1.31: strict
 `cursor > 'last value'` pages with `LIMIT`, values formatted into the SQL text, decimals to
 float, a new connection per call; 5,000 rows per call, its print of every response sent to
-/dev/null). The slowest
-context readers (pg8000 with default adapters, the seed without its print) stop after
-`--context-rows` (250,000) rows to keep a run to a few minutes; rows/s is what is compared. The
-handler's sync, the seed's sync and three psql passes (before, halfway, after; the median
-counts) run interleaved in time, so a busy moment of a shared machine slows them alike. The
-handler's time is the sum of its invocations (the runtime's `json.dumps` of each response is
+/dev/null). The slowest context readers (pg8000 with default adapters, the seed without its
+print) stop after `--context-rows` (250,000) rows to keep a run to a few minutes; rows/s is
+what is compared. The handler's sync, the seed's sync and three psql passes (before,
+halfway, after; the median counts) run interleaved in time, so a busy moment of a shared
+machine slows them alike. The handler's time is the sum of its invocations (the runtime's `json.dumps` of each response is
 reported apart), and "Handler is" gives its rows/s divided by each reader's. The figures are
 ratios between readers measured in one run, so they compare across machines better than
 absolute rows/s do; absolute numbers are for this machine only, and noisy when other
