@@ -97,11 +97,11 @@ float, a new connection per call; 5,000 rows per call, its print of every respon
 print) stop after `--context-rows` (250,000) rows to keep a run to a few minutes; rows/s is
 what is compared. The handler's sync, the seed's sync and three psql passes (before,
 halfway, after; the median counts) run interleaved in time, so a busy moment of a shared
-machine slows them alike. The handler's time is the sum of its invocations (the runtime's `json.dumps` of each response is
-reported apart), and "Handler is" gives its rows/s divided by each reader's. The figures are
-ratios between readers measured in one run, so they compare across machines better than
-absolute rows/s do; absolute numbers are for this machine only, and noisy when other
-processes share it (the load average is recorded).
+machine slows them alike. The handler's time is the sum of its invocations (the runtime's
+`json.dumps` of each response is reported apart), and "Handler is" gives its rows/s divided by
+each reader's. The figures are ratios between readers measured in one run, so they compare
+across machines better than absolute rows/s do; absolute numbers are for this machine only,
+and noisy when other processes share it (the load average is recorded).
 
 Also measured: each response's serialised size (`json.dumps`) against `max_response_bytes`
 (fill); the time per row of the first and the last full batch (paging must not slow down as
