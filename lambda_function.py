@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import bisect
 import contextlib
+import contextvars
 import gc
+import ipaddress
 import itertools
 import json
 import logging
@@ -28,8 +30,10 @@ import struct
 import sys
 import time
 import traceback
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pg8000.native
@@ -53,17 +57,28 @@ SSLMODES = ("disable", "require", "verify-ca", "verify-full")
 FIRST_PAGE_ROWS = 1_000  # rows read first when the state has no bytes-per-row estimate yet
 MIN_PAGE_ROWS = 100
 PAGE_OVERSHOOT = 1.01  # read a little more than the byte budget is expected to hold
+# Rows stream from the server in chunks (Execute with a row limit), so memory is bounded by
+# bytes whatever the row widths: a page keeps at most about READ_BYTES_FACTOR times the
+# response budget left of the server's row bytes, and the rest of its result is never read.
+FIRST_CHUNK_ROWS = 64
+MAX_CHUNK_ROWS = 5_000
+READ_BYTES_FACTOR = 2
+READ_BYTES_SLACK = 65_536
 LOCAL_RUN_TIME_MS = 900_000  # time assumed when there is no Lambda context (local runs)
 TIME_MARGIN_MAX_MS = 15_000  # kept free at the end of an invocation to return cleanly
 MIN_TIME_LEFT_MS = 3_000  # below this an invocation refuses to start a query
 STATE_VERSION = 1
 MAX_IDENTIFIER_BYTES = 127  # Redshift's limit
+MAX_SHOWN_CHARS = 60  # a bad setting's value is echoed at most this long, escaped
+FIRST_USER_OID = 16_384  # PostgreSQL's FirstNormalObjectId: built-in types have smaller OIDs
+MAX_JSON_INT_DIGITS = 4_000  # below Python's int/str conversion limit (4,300 digits)
 APPLICATION_NAME = "redshift-lambda"
 
 # Type OIDs (PostgreSQL's, which Redshift shares for the types it has).
 OID_BOOL, OID_BYTEA, OID_INT8, OID_INT2, OID_INT4, OID_OID = 16, 17, 20, 21, 23, 26
 OID_JSON, OID_JSONB, OID_FLOAT4, OID_FLOAT8 = 114, 3802, 700, 701
 OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_NUMERIC, OID_DATE = 1114, 1184, 1700, 1082
+OID_INTERVAL = 1186
 UNORDERABLE_OIDS = {OID_JSON, OID_JSONB, OID_FLOAT4, OID_FLOAT8}
 TEXT_OIDS = {19, 25, 1042, 1043}  # name, text, char(n), varchar
 
@@ -89,8 +104,27 @@ SETTINGS: dict[str, str] = {
 }
 
 logger = logging.getLogger("redshift_lambda")
-_level = os.environ.get("LOG_LEVEL", "INFO").upper()
-logger.setLevel(_level if _level in logging.getLevelNamesMapping() else "INFO")
+
+
+def log_level_from_env(environ: Mapping[str, str]) -> int:
+    """LOG_LEVEL (DEBUG, INFO, WARNING, ERROR) as a logging level; INFO when unset or unknown."""
+    name = environ.get("LOG_LEVEL", "INFO").strip().upper()
+    level = logging.getLevelNamesMapping().get(name)
+    return level if isinstance(level, int) else logging.INFO
+
+
+logger.setLevel(log_level_from_env(os.environ))
+_log_fields: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("log_fields")
+
+
+def log(level: int, event: str, **fields: Any) -> None:
+    """Log one structured line: a JSON object with the event, the invocation's sync_id and
+    ``fields``. JSON escapes every control character, so no value can forge a line. Fields are
+    counts, sizes, timings and names, never a secret or a row value."""
+    if logger.isEnabledFor(level):
+        record = {"event": event, **_log_fields.get({}), **fields}
+        logger.log(level, "%s", json.dumps(record, ensure_ascii=False, default=str))
+
 
 JSONValue = Any
 Row = dict[str, JSONValue]
@@ -103,6 +137,8 @@ Row = dict[str, JSONValue]
 class ConnectorError(Exception):
     """Base of every error this function raises on purpose."""
 
+    logged = False  # set once the handler has logged it (the command line then stays quiet)
+
 
 class ConfigurationError(ConnectorError):
     """A setting or the request is missing or malformed."""
@@ -114,6 +150,10 @@ class StateError(ConnectorError):
 
 class SourceError(ConnectorError):
     """The database could not be reached or refused a query."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class SourceTimeoutError(SourceError):
@@ -204,6 +244,59 @@ def parse_identifiers(text: str, separator: str, setting: str) -> tuple[str, ...
         i += 1
 
 
+def shown(value: Any) -> str:
+    """A user-given value as it may appear in a message or log line: quoted, with control and
+    other non-printable characters escaped (no forged log lines), cut to MAX_SHOWN_CHARS."""
+    text = str(value)
+    cut = len(text) > MAX_SHOWN_CHARS
+    text = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+        for c in text[:MAX_SHOWN_CHARS]
+    )
+    return "'" + text.replace("'", "\\'") + "'" + ("..." if cut else "")
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_HOST_EXPECTED = (
+    "expected a host name or IP address such as "
+    "examplecluster.abc123xyz789.us-west-2.redshift.amazonaws.com, with no scheme, user, "
+    "password or port (the port is its own setting)"
+)
+
+
+def parse_host(value: str) -> str:
+    """The ASCII form of a host name or IP address; raise ConfigurationError otherwise.
+
+    The value is never echoed: a host pasted as a URL may carry a password.
+    """
+
+    def bad(problem: str) -> ConfigurationError:
+        return ConfigurationError(f"setting 'host' {problem}; {_HOST_EXPECTED}")
+
+    if "://" in value:
+        raise bad("looks like a URL")
+    if "@" in value:
+        raise bad("contains '@' (a user or password does not belong in it)")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise bad("contains a space or a control character")
+    if "/" in value:
+        raise bad("contains '/'")
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(value[1:-1] if value[:1] == "[" else value))
+    if ":" in value:
+        raise bad("contains ':'")
+    name = value[:-1] if value.endswith(".") else value
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise bad("is not a valid international host name") from None
+    labels = name.split(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise bad("is not a valid host name (labels of letters, digits and '-', 1 to 63 each)")
+    return name
+
+
 def display_name(parts: Sequence[str]) -> str:
     """The dotted, quoted-where-needed form of a name for messages and state keys."""
     return ".".join(
@@ -258,10 +351,14 @@ def _int_setting(secrets: Mapping[str, Any], key: str, default: int, low: int, h
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ConfigurationError(f"setting '{key}' must be a whole number like \"{default}\"")
+        raise ConfigurationError(
+            f"setting '{key}' must be a whole number like \"{default}\", not {type(value).__name__}"
+        )
     if isinstance(value, str):
         if not re.fullmatch(r"\s*[0-9]+\s*", value):
-            raise ConfigurationError(f"setting '{key}' must be a whole number like \"{default}\"")
+            raise ConfigurationError(
+                f"setting '{key}' must be a whole number like \"{default}\", got {shown(value)}"
+            )
         value = int(value)
     if not low <= value <= high:
         raise ConfigurationError(f"setting '{key}' must be between {low} and {high}, got {value}")
@@ -278,10 +375,12 @@ def _seconds_setting(secrets: Mapping[str, Any], key: str, default: float | None
         seconds = float(value)
     except ValueError:
         raise ConfigurationError(
-            f"setting '{key}' must be a number of seconds like \"30\""
+            f"setting '{key}' must be a number of seconds like \"30\", got {shown(value)}"
         ) from None
     if not math.isfinite(seconds) or not 0 < seconds <= 3600:
-        raise ConfigurationError(f"setting '{key}' must be more than 0 and at most 3600 seconds")
+        raise ConfigurationError(
+            f"setting '{key}' must be more than 0 and at most 3600 seconds, got {shown(value)}"
+        )
     return seconds
 
 
@@ -294,15 +393,17 @@ def parse_duration_s(value: Any, key: str) -> int:
     if value is None or (isinstance(value, str) and not value.strip()):
         return 0
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise ConfigurationError(
-            f'setting \'{key}\' must be a duration like "3600", "90s", "15m", "2h" or "1d"'
-        )
-    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        seconds = value
+    else:
+        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise ConfigurationError(
+                f'setting \'{key}\' must be a duration like "3600", "90s", "15m", "2h" or "1d", '
+                f"got {shown(value)}"
+            )
+        seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
     if seconds > 366 * 86400:
-        raise ConfigurationError(f"setting '{key}' must be at most 366 days")
+        raise ConfigurationError(f"setting '{key}' must be at most 366 days, got {shown(value)}")
     return seconds
 
 
@@ -314,9 +415,11 @@ def parse_config(secrets: Any) -> Config:
         )
     unknown = sorted(str(k) for k in secrets if k not in SETTINGS)
     if unknown:
-        logger.warning("ignoring unknown setting(s): %s", ", ".join(unknown))
+        log(logging.WARNING, "unknown settings ignored", names=[shown(k) for k in unknown][:20])
 
-    host = _text_setting(secrets, "host", required=True)
+    host_text = _text_setting(secrets, "host", required=True)
+    assert host_text is not None
+    host = parse_host(host_text)
     dbname = _text_setting(secrets, "dbname", required=False)
     database = _text_setting(secrets, "database", required=False)
     if dbname and database and dbname != database:
@@ -350,7 +453,7 @@ def parse_config(secrets: Any) -> Config:
             else ""
         )
         raise ConfigurationError(
-            f"setting 'sslmode' must be one of {', '.join(SSLMODES)}; "
+            f"setting 'sslmode' must be one of {', '.join(SSLMODES)}, got {shown(sslmode)}; "
             f"'allow' and 'prefer' are not offered{hint}"
         )
     sslrootcert = _text_setting(secrets, "sslrootcert", required=False)
@@ -424,10 +527,11 @@ def ssl_context(config: Config) -> ssl.SSLContext | bool:
             raise ConfigurationError(
                 "setting 'sslrootcert' could not be loaded as PEM CA certificate(s)"
             ) from e
-    if config.sslmode == "require":
+    if config.sslmode == "require" and config.sslrootcert is None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    elif config.sslmode == "verify-ca":
+    elif config.sslmode in ("require", "verify-ca"):  # libpq: a root certificate makes require
+        # verify the chain, as verify-ca does
         context.check_hostname = False
         context.verify_mode = ssl.CERT_REQUIRED
     return context
@@ -478,9 +582,15 @@ def read_state(state: Any, destination: str) -> TableState | None:
     if "tables" not in state and set(state) == {"cursor"}:
         # Written by Fivetran's sample function: {"cursor": "<last cursor value>"}.
         value = state["cursor"]
-        if not isinstance(value, str | int) or isinstance(value, bool):
+        if isinstance(value, float) and math.isfinite(value):
+            # The sample turned decimals into floats: resume from just below the float, so the
+            # row it rounded (up or down) is read again rather than skipped.
+            start = format(Decimal(repr(math.nextafter(value, -math.inf))), "f")
+        elif isinstance(value, str | int) and not isinstance(value, bool):
+            start = str(value)
+        else:
             raise _state_error("the seed-style 'cursor' value must be a string or a number")
-        return TableState(source=None, cursor=(), primary_key=(), start=str(value))
+        return TableState(source=None, cursor=(), primary_key=(), start=start)
     if state.get("version") != STATE_VERSION:
         raise _state_error(f"'version' must be {STATE_VERSION}")
     tables = state.get("tables")
@@ -488,12 +598,7 @@ def read_state(state: Any, destination: str) -> TableState | None:
         raise _state_error("'tables' must be an object keyed by destination table")
     entry = tables.get(destination)
     if entry is None:
-        if tables:
-            others = ", ".join(sorted(map(str, tables)))[:300]
-            raise _state_error(
-                f"it holds table(s) {others} but this connector copies '{destination}'"
-            )
-        return None
+        return None  # not synced yet; other tables' entries are carried through unchanged
     if not isinstance(entry, Mapping):
         raise _state_error(f"the entry for '{destination}' must be an object")
     source = entry.get("source")
@@ -571,33 +676,43 @@ _BUILTIN_TYPE = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9]+(,[0-9]+)?\))?( with(out)?
 
 
 def _bound(column: Column, param: str) -> str:
-    """A bound parameter cast to the column's type (untyped for types we cannot name safely)."""
-    if _BUILTIN_TYPE.fullmatch(column.sql_type):
+    """A bound parameter cast to the column's type: built-in types only (after domains are
+    resolved to their base type); others are left for the server to infer."""
+    if column.type_oid < FIRST_USER_OID and _BUILTIN_TYPE.fullmatch(column.sql_type):
         return f"CAST(:{param} AS {column.sql_type})"
     return f":{param}"
 
 
+def _compare(column: Column, value: str | None, param: str) -> tuple[str, str]:
+    """(``column`` sorts after ``value``, ``column`` equals ``value``), NULLs sorting first."""
+    name = quote_identifier(column.name)
+    if value is None:
+        return f"{name} IS NOT NULL", f"{name} IS NULL"
+    bound = _bound(column, param)
+    return f"{name} > {bound}", f"{name} = {bound}"
+
+
 def keyset_condition(
-    order: Sequence[Column], after: Sequence[str | None]
+    order: Sequence[Column], after: Sequence[str | None], inclusive: bool = False
 ) -> tuple[str, dict[str, str | None]]:
-    """Rows strictly after ``after`` in ``order`` (NULLs first), written without row constructors.
+    """Rows after ``after`` in ``order`` (NULLs first), written without row constructors; with
+    ``inclusive``, also the rows equal to it.
 
     For (a, b, c) and values (x, y, z): ``a >= x AND (a > x OR (a = x AND b > y) OR (a = x AND
-    b = y AND c > z))``. The redundant ``a >= x`` lets the database skip to the range.
+    b = y AND c > z))``, inclusive adds ``OR (a = x AND b = y AND c = z)``. The redundant
+    ``a >= x`` lets the database skip to the range.
     """
     params: dict[str, str | None] = {}
     equal: list[str] = []
     terms: list[str] = []
     for i, (column, value) in enumerate(zip(order, after, strict=True)):
-        name = quote_identifier(column.name)
-        if value is None:
-            greater, same = f"{name} IS NOT NULL", f"{name} IS NULL"
-        else:
+        if value is not None:
             params[f"v{i}"] = value
-            bound = _bound(column, f"v{i}")
-            greater, same = f"{name} > {bound}", f"{name} = {bound}"
+        greater, same = _compare(column, value, f"v{i}")
         terms.append("(" + " AND ".join([*equal, greater]) + ")")
         equal.append(same)
+    if inclusive:
+        terms.append("(" + " AND ".join(equal) + ")")
     condition = " OR ".join(terms)
     if after[0] is not None:
         condition = (
@@ -606,49 +721,83 @@ def keyset_condition(
     return condition, params
 
 
+def _select_sql(plan: TablePlan, where: str, limit: int | None) -> str:
+    columns = ", ".join(quote_identifier(c.name) for c in plan.columns)
+    order_by = ", ".join(
+        quote_identifier(c.name) + (" NULLS FIRST" if c.nullable else "") for c in plan.order
+    )
+    source = f"{quote_identifier(plan.schema)}.{quote_identifier(plan.name)}"
+    sql = f"SELECT {columns} FROM {source}{where} ORDER BY {order_by}"
+    return sql if limit is None else f"{sql} LIMIT {int(limit)}"
+
+
 def build_page_sql(
     plan: TablePlan,
     limit: int,
     after: Sequence[str | None] | None = None,
     start: str | None = None,
     lookback_s: int = 0,
+    inclusive: bool = False,
 ) -> tuple[str, dict[str, str | None]]:
-    """The page query: the next ``limit`` rows after ``after`` (or from ``start``), in order."""
-    order = plan.order
+    """The page query: the next ``limit`` rows after ``after`` (or from ``start``), in order.
+
+    ``after`` may be a prefix of the order columns (with ``inclusive``: a new sync resuming at
+    the last cursor value, tied rows included).
+    """
     params: dict[str, str | None] = {}
     where = ""
     if after is not None:
-        condition, params = keyset_condition(order, after)
+        condition, params = keyset_condition(plan.order[: len(after)], after, inclusive)
         where = f" WHERE {condition}"
     elif start is not None:
-        lead = quote_identifier(order[0].name)
+        lead = quote_identifier(plan.order[0].name)
         params["start"] = start
-        lower = _bound(order[0], "start")
+        lower = _bound(plan.order[0], "start")
         if lookback_s:
             params["lookback"] = f"{int(lookback_s)} seconds"
             lower = f"{lower} - CAST(:lookback AS INTERVAL)"
         where = f" WHERE {lead} >= {lower}"
-    columns = ", ".join(quote_identifier(c.name) for c in plan.columns)
-    order_by = ", ".join(
-        quote_identifier(c.name) + (" NULLS FIRST" if c.nullable else "") for c in order
-    )
-    source = f"{quote_identifier(plan.schema)}.{quote_identifier(plan.name)}"
-    sql = f"SELECT {columns} FROM {source}{where} ORDER BY {order_by} LIMIT {int(limit)}"
-    return sql, params
+    return _select_sql(plan, where, limit), params
 
 
+def build_group_sql(
+    plan: TablePlan, values: Sequence[str | None]
+) -> tuple[str, dict[str, str | None]]:
+    """Every row whose order columns equal ``values`` as the database compares them (its
+    collations, trailing blanks, numeric scales): the rows one position cannot tell apart."""
+    params: dict[str, str | None] = {}
+    terms = []
+    for i, (column, value) in enumerate(zip(plan.order, values, strict=True)):
+        if value is not None:
+            params[f"v{i}"] = value
+        terms.append(_compare(column, value, f"v{i}")[1])
+    return _select_sql(plan, " WHERE " + " AND ".join(terms), None), params
+
+
+# Every statement runs with search_path pinned to pg_catalog (set first in the session), and
+# names every function with its schema: a function or operator a user creates in another
+# schema can never take part.
 CATALOG_SQL = """SELECT n.nspname, c.relname, a.attname, a.atttypid,
- pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attnum
+ pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attnum, t.typtype
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
 WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f')
- AND lower(c.relname) = lower(CAST(:table AS VARCHAR))
+ AND pg_catalog.lower(c.relname) = pg_catalog.lower(CAST(:table AS VARCHAR))
  AND {schema_condition}
  AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY n.nspname, c.relname, a.attnum"""
-CATALOG_SCHEMA_GIVEN = "lower(n.nspname) = lower(CAST(:schema AS VARCHAR))"
-CATALOG_SCHEMA_SEARCH_PATH = "pg_catalog.pg_table_is_visible(c.oid)"
+CATALOG_SCHEMA_GIVEN = "pg_catalog.lower(n.nspname) = pg_catalog.lower(CAST(:schema AS VARCHAR))"
+CATALOG_SCHEMA_ANY = "TRUE"  # the table's schema is then chosen by the user's search_path
+
+# One step down a domain: its base type, the base's kind and the type text with the domain's
+# modifier. Redshift has no domains; PostgreSQL sends a domain's values with the base's OID.
+DOMAIN_SQL = """SELECT b.oid, b.typtype, pg_catalog.format_type(b.oid, d.typtypmod)
+FROM pg_catalog.pg_type d
+JOIN pg_catalog.pg_type b ON b.oid = d.typbasetype
+WHERE d.oid = CAST(:oid AS OID)"""
+MAX_DOMAIN_DEPTH = 32
 
 # pg_constraint, not information_schema: the latter hides constraints from SELECT-only users.
 PRIMARY_KEY_SQL = """SELECT con.conkey
@@ -658,18 +807,38 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE con.contype = 'p'
  AND n.nspname = CAST(:schema AS VARCHAR) AND c.relname = CAST(:table AS VARCHAR)"""
 
-# Session settings that make the server's text output exact and stable (statement_timeout is
-# replaced by the invocation's own), all set in one round trip with bound values.
+# The schemas a bare table name is looked up in, read before search_path is pinned.
+SEARCH_PATH_SQL = "SELECT pg_catalog.current_schemas(false)"
+
+# Session settings the encoders and the SQL depend on, whatever a role or database sets:
+# exact, stable text for every type, and no user schema on the path. Each is checked against
+# what the server reports. The optional ones exist on PostgreSQL only; Redshift may not know
+# them (and has no type they would change).
 SESSION_SETTINGS = {
+    "search_path": "pg_catalog",
+    "client_encoding": "UTF8",
     "timezone": "UTC",
     "datestyle": "ISO, MDY",
     "extra_float_digits": "2",
-    "statement_timeout": "0",
 }
-SESSION_SQL = "SELECT " + ", ".join(
-    f"pg_catalog.set_config(:n{i}, :v{i}, false)" for i in range(len(SESSION_SETTINGS))
-)
-BEGIN_SQL = "BEGIN READ ONLY"
+OPTIONAL_SESSION_SETTINGS = {"bytea_output": "hex", "intervalstyle": "postgres"}
+SQLSTATE_UNDEFINED_OBJECT = "42704"  # e.g. an unrecognized configuration parameter
+
+
+def session_sql(settings: Mapping[str, str]) -> tuple[str, dict[str, str | None]]:
+    """One statement setting every one of ``settings``, each returning the server's value."""
+    params: dict[str, str | None] = {}
+    calls = []
+    for i, (name, value) in enumerate(settings.items()):
+        params[f"n{i}"], params[f"v{i}"] = name, value
+        calls.append(f"pg_catalog.set_config(:n{i}, :v{i}, false)")
+    return "SELECT " + ", ".join(calls), params
+
+
+# Set before every query, in the same round trip: each query ends before the invocation does.
+TIMEOUT_SQL = "SELECT pg_catalog.set_config('statement_timeout', :ms, false)"
+# One snapshot for every page of an invocation (Redshift runs every level as serializable).
+BEGIN_SQL = "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,8 +875,31 @@ def _bytea_in(text: str) -> str:
     return text
 
 
+def _json_float(text: str) -> float | str:
+    """A JSON number with a fraction or exponent: a float when the float is exactly the number
+    written (as its shortest text), else the number's own text, so no digit is lost and no
+    value beyond a double's range (1e400) becomes Infinity, which strict JSON cannot hold."""
+    value = float(text)
+    if math.isfinite(value):
+        digits = sum(c.isdigit() for c in text)
+        if digits <= 15 and "e" not in text and "E" not in text:
+            return value  # up to 15 significant digits always survive a double
+        if Decimal(repr(value)) == Decimal(text):
+            return value
+    return text
+
+
+def _json_int(text: str) -> int | str:
+    return int(text) if len(text) <= MAX_JSON_INT_DIGITS else text
+
+
+_json_decode = json.JSONDecoder(
+    parse_float=_json_float, parse_int=_json_int, parse_constant=str
+).decode
+
+
 def _json_in(text: str) -> JSONValue:
-    return json.loads(text)
+    return _json_decode(text)
 
 
 IN_ADAPTERS: dict[int, Callable[[str], JSONValue]] = {
@@ -814,7 +1006,84 @@ class Batch:
     pages: int  # queries it took
 
 
-Fetch = Callable[[str, dict[str, str | None]], list[list[JSONValue]]]
+@dataclass(frozen=True)
+class Page:
+    """The rows of one query, in result order. When ``complete`` is false the read stopped at
+    its byte cap: the rows are a prefix of the result, and the last one is only a look-ahead."""
+
+    rows: list[list[JSONValue]]
+    complete: bool
+
+
+# Runs one query in the invocation's read-only transaction, keeping at most about max_bytes of
+# the server's row data (at least two rows).
+Fetch = Callable[[str, dict[str, str | None], int], Page]
+
+# Types whose encoded values are equal exactly when the database holds them equal. For the
+# others (text under a collation or with trailing blanks, numeric scales, intervals, types we
+# do not know) a looser comparison finds the candidates, and the database decides.
+EXACT_EQUALITY_OIDS = {
+    OID_BOOL,
+    OID_BYTEA,
+    OID_INT2,
+    OID_INT4,
+    OID_INT8,
+    OID_OID,
+    OID_DATE,
+    OID_TIMESTAMP,
+    OID_TIMESTAMPTZ,
+    1083,  # time
+    2950,  # uuid
+}
+
+
+def _loose_text(value: JSONValue) -> JSONValue:
+    """Text as a case-, accent- and trailing-blank-insensitive collation might compare it."""
+    if not isinstance(value, str):
+        return value
+    decomposed = unicodedata.normalize("NFKD", value)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold().rstrip()
+
+
+def _loose_numeric(value: JSONValue) -> JSONValue:
+    try:
+        return str(Decimal(value).normalize()) if isinstance(value, str) else value
+    except InvalidOperation:
+        return value
+
+
+def _loosener(column: Column) -> Callable[[JSONValue], JSONValue]:
+    if column.type_oid in EXACT_EQUALITY_OIDS:
+        return lambda value: value
+    if column.type_oid == OID_NUMERIC:
+        return _loose_numeric
+    if column.type_oid == OID_INTERVAL:  # '1 day' = '24:00:00': let the database say
+        return lambda value: value is None
+    return _loose_text
+
+
+def _read_cap(room: int) -> int:
+    """Server row bytes a read may keep for ``room`` bytes of response left."""
+    return READ_BYTES_FACTOR * max(room, 0) + READ_BYTES_SLACK
+
+
+def _resume_point(
+    previous: TableState | None, plan: TablePlan, config: Config
+) -> tuple[tuple[str | None, ...] | None, str | None, int, bool]:
+    """Where an invocation starts reading: (after, start, lookback_s, inclusive)."""
+    if previous is None:
+        return None, None, 0, False
+    if previous.start is not None:  # a seed-style state: its cursor value, inclusively
+        return None, previous.start, 0, False
+    after = previous.after
+    if previous.complete and after and after[0] is not None:
+        # A new sync. Rows committed since the last one may carry the last cursor value with
+        # any key (second-precision timestamps), or with lookback an older one still: resume
+        # inclusively at that value. Inside a sync, paging stays strict.
+        if config.lookback_s:
+            return None, after[0], config.lookback_s, False
+        return after[: len(plan.cursor)], None, 0, True
+    return after, None, 0, False
 
 
 def read_batch(
@@ -829,114 +1098,151 @@ def read_batch(
 
     ``fetch`` runs one query in the invocation's read-only transaction; ``overhead`` gives the
     serialised size of a response that carries a state but no rows. Pages are read until the
-    budget is full, so each response but the last is nearly full.
+    budget is full, so each response but the last is nearly full. Rows stay value lists until
+    the batch is settled; only the delivered ones become dicts.
     """
     order = plan.order
     names = [c.name for c in plan.columns]
-    order_names = [c.name for c in order]
-    after = previous.after if previous else None
-    start = previous.start if previous else None
-    lookback_s = 0
-    if previous and previous.complete and after and after[0] is not None and config.lookback_s:
-        # A new sync: start again a lookback before the last delivered cursor to catch rows
-        # committed late with older cursor values. Inside a sync, paging stays strict.
-        start, after, lookback_s = after[0], None, config.lookback_s
-    bytes_per_row = previous.bytes_per_row if previous else None
-    reserve = overhead(previous or TableState(plan.source, plan.cursor, plan.primary_key)) + 1024
-    budget = config.max_response_bytes - reserve
-
-    # Ties are judged loosely for text columns (case and trailing blanks ignored): a database
-    # may hold such values equal (Redshift ignores trailing blanks; case-insensitive
-    # collations), and ending a batch between rows it holds equal would skip one of them.
-    loose = [c.type_oid in TEXT_OIDS for c in order]
-
-    def key(row: Row) -> tuple[JSONValue, ...]:
-        return tuple(
-            _loose_text(row[n]) if lax else row[n]
-            for n, lax in zip(order_names, loose, strict=True)
-        )
-
+    at = {c.name: i for i, c in enumerate(plan.columns)}
+    order_at = [at[c.name] for c in order]
+    loosen = [_loosener(c) for c in order]
     sizes_of = page_sizer(plan.columns)
 
-    rows: list[Row] = []
+    def loose(values: Sequence[JSONValue]) -> tuple[JSONValue, ...]:
+        return tuple(f(values[i]) for f, i in zip(loosen, order_at, strict=True))
+
+    def position(values: Sequence[JSONValue]) -> tuple[str | None, ...]:
+        return tuple(
+            position_text(c.type_oid, values[i]) for c, i in zip(order, order_at, strict=True)
+        )
+
+    after, start, lookback_s, inclusive = _resume_point(previous, plan, config)
+    bytes_per_row = previous.bytes_per_row if previous else None
+    # Bytes for the rows with their ", " separators (the first row has none, hence + 2); the
+    # state's position and the exact size are settled at the end.
+    budget = config.max_response_bytes - overhead(TableState(plan.source, (), ())) + 2
+    if budget < MIN_MAX_RESPONSE_BYTES // 2:
+        raise _state_error(
+            f"with it a response leaves only {max(budget, 0)} of max_response_bytes="
+            f"{config.max_response_bytes} for rows; raise max_response_bytes"
+        )
+
+    rows: list[list[JSONValue]] = []
     sizes: list[int] = []
     used = pages = 0
-    cut = exhausted = False
-    next_key = None  # order values of the first row after the batch, when one was read
-    while len(rows) < config.limit:
+    lookahead: list[JSONValue] | None = None  # the first row after the batch, when known
+    exhausted = False
+    while True:
         if pages and time_left_ms() < MIN_TIME_LEFT_MS:
             break  # deliver what is read; the next invocation goes on from there
+        room = budget - used
         if bytes_per_row:
-            estimate = int((budget - used) / bytes_per_row * PAGE_OVERSHOOT) + 1
+            estimate = int(room / bytes_per_row * PAGE_OVERSHOOT) + 1
         else:
             estimate = FIRST_PAGE_ROWS
         want = min(config.limit - len(rows), max(estimate, MIN_PAGE_ROWS))
-        next_key = None  # the previous page's look-ahead row is this page's first
-        sql, params = build_page_sql(plan, want + 1, after, start, lookback_s)
-        page = fetch(sql, params)  # one more row than wanted tells whether more follow
+        sql, params = build_page_sql(plan, want + 1, after, start, lookback_s, inclusive)
+        try:
+            page = fetch(sql, params, _read_cap(room))  # one row more tells what follows
+        except SourceError as e:
+            if pages == 0 and params and (e.sqlstate or "").startswith("22"):
+                raise _state_error(
+                    "its position values do not fit the types of column(s) "
+                    f"{', '.join(c.name for c in order)} (SQLSTATE {e.sqlstate})"
+                ) from None
+            raise
         pages += 1
-        values = page[:want]
-        page_rows = list(map(dict, map(zip, itertools.repeat(names), values)))
+        if page.complete:
+            values = page.rows[:want]
+            lookahead = page.rows[want] if len(page.rows) > want else None
+        else:
+            values, lookahead = page.rows[:-1], page.rows[-1]
         page_sizes = sizes_of(values)  # each with its ", " separator
         ends = list(itertools.accumulate(page_sizes, initial=used))
         fit = bisect.bisect_right(ends, budget) - 1  # rows of this page that fit the budget
-        rows.extend(page_rows[:fit])
+        rows.extend(values[:fit])
         sizes.extend(page_sizes[:fit])
         used = ends[fit]
-        if fit < len(page_rows):
-            cut, next_key = True, key(page_rows[fit])
-        if cut or len(page) <= want:
-            exhausted = not cut
+        if fit < len(values):
+            lookahead = values[fit]
             break
-        next_key = key(dict(zip(names, page[want], strict=True)))
-        if next_key == key(rows[-1]):
-            break  # a repeated (cursor, key) straddles the page end: handled below
-        after = tuple(position_text(c.type_oid, rows[-1][c.name]) for c in order)
-        start, lookback_s = None, 0
+        if lookahead is None:
+            exhausted = True
+            break
+        if not rows or len(rows) >= config.limit or loose(rows[-1]) == loose(lookahead):
+            break  # a repeated (cursor, key) may straddle the page end: settled below
+        after = position(rows[-1])
+        start, lookback_s, inclusive = None, 0, False
         bytes_per_row = max(1, used // len(rows))
 
-    if not rows:
-        if cut:
-            raise _row_too_large(plan, config)
-        # The position stays; a sync that ends on an empty batch is still marked complete, so
-        # the next sync applies the lookback.
-        state = None
-        if previous is not None and previous.source is not None and not previous.complete:
-            state = replace(previous, complete=True)
-        return Batch(rows=[], state=state, has_more=False, row_bytes=0, pages=pages)
-
+    # Settle where the batch ends. Resuming strictly after its last row skips every row the
+    # database holds equal to it (Redshift does not enforce primary keys; collations may ignore
+    # case): such a group is delivered whole or not at all.
     has_more = not exhausted
+    shrinking = False
+    groups: dict[tuple[JSONValue, ...], list[list[JSONValue]] | None] = {}
     while True:
-        # Never end a batch between two rows with the same (cursor, key): resuming strictly
-        # after it would skip the twin. Redshift does not enforce primary keys.
-        while rows and next_key is not None and key(rows[-1]) == next_key:
-            rows.pop()
-            used -= sizes.pop()
+        if rows and lookahead is not None and loose(rows[-1]) == loose(lookahead):
+            last = tuple(rows[-1][i] for i in order_at)
+            if last not in groups:
+                group_page = fetch(*build_group_sql(plan, position(rows[-1])), _read_cap(budget))
+                pages += 1
+                groups[last] = group_page.rows if group_page.complete else None
+            group = groups[last]
+            members = {tuple(r[i] for i in order_at) for r in group or ()}
+            if group is None or tuple(lookahead[i] for i in order_at) in members:
+                first_out = lookahead
+                while rows and (group is None or tuple(rows[-1][i] for i in order_at) in members):
+                    if group is None and loose(rows[-1]) != loose(first_out):
+                        break
+                    first_out = rows.pop()
+                    used -= sizes.pop()
+                group_sizes = sizes_of(group) if group is not None else []
+                if (
+                    group is not None
+                    and not shrinking
+                    and used + sum(group_sizes) <= budget
+                    and (not rows or len(rows) + len(group) <= config.limit)
+                ):
+                    rows.extend(group)
+                    sizes.extend(group_sizes)
+                    used += sum(group_sizes)
+                    lookahead, has_more = None, True  # what follows differs from the group
+                    continue
+                if not rows:
+                    raise SourceError(
+                        f"table {plan.source} has more rows with the same values of "
+                        f"({', '.join(c.name for c in order)}) than fit in one response of "
+                        f"max_response_bytes={config.max_response_bytes}; the primary_key must "
+                        "identify a row for exact paging, or raise max_response_bytes"
+                    )
+                lookahead, has_more = first_out, True
+                continue
         if not rows:
-            raise SourceError(
-                f"table {plan.source} has more rows with the same values of "
-                f"({', '.join(order_names)}) than fit in one response; the primary_key must "
-                "identify a row uniquely for exact paging"
-            )
+            if lookahead is not None:
+                raise _row_too_large(plan, config)
+            # The position stays; a sync that ends on an empty batch is still marked complete,
+            # so the next sync starts as a new one.
+            state = None
+            if previous is not None and previous.source is not None and not previous.complete:
+                state = replace(previous, complete=True)
+            return Batch(rows=[], state=state, has_more=False, row_bytes=0, pages=pages)
         state = TableState(
             source=plan.source,
             cursor=plan.cursor,
             primary_key=plan.primary_key,
-            after=tuple(position_text(c.type_oid, rows[-1][c.name]) for c in order),
+            after=position(rows[-1]),
             complete=not has_more,
             bytes_per_row=max(1, used // len(rows)),
         )
         if overhead(state) + used - 2 <= config.max_response_bytes:  # exact, with the state
-            return Batch(rows=rows, state=state, has_more=has_more, row_bytes=used - 2, pages=pages)
-        popped = rows.pop()
+            delivered = list(map(dict, map(zip, itertools.repeat(names), rows)))
+            return Batch(
+                rows=delivered, state=state, has_more=has_more, row_bytes=used - 2, pages=pages
+            )
+        shrinking = True
+        lookahead, has_more = rows.pop(), True
         used -= sizes.pop()
-        next_key, has_more = key(popped), True
-        if not rows:
-            raise _row_too_large(plan, config)
-
-
-def _loose_text(value: JSONValue) -> JSONValue:
-    return value.rstrip(" ").casefold() if isinstance(value, str) else value
 
 
 def _row_too_large(plan: TablePlan, config: Config) -> RowTooLargeError:
@@ -964,44 +1270,51 @@ def _source_error(exc: BaseException, config: Config, action: str) -> ConnectorE
         if code == "57014":
             return SourceTimeoutError(
                 f"{action}: the query was cancelled by the statement timeout; the table may "
-                "need a sort key on the cursor, or set a smaller 'limit' (SQLSTATE 57014)"
+                "need a sort key on the cursor, or set a smaller 'limit' (SQLSTATE 57014)",
+                code,
             )
         if code == "28000":
             return SourceError(
                 f"{action}: {where} refused the connection: {message}; if the server requires "
-                "encryption, use sslmode=verify-full or require (SQLSTATE 28000)"
+                "encryption, use sslmode=verify-full (the default) (SQLSTATE 28000)",
+                code,
             )
         if code == "28P01":
             return SourceError(
-                f"{action}: authentication failed for user '{config.user}' at {where}; check "
-                "'user' and 'password' (pg8000 needs an MD5 password on Redshift, not SHA-256) "
-                f"(SQLSTATE {code})"
+                f"{action}: authentication failed for user {shown(config.user)} at {where}; "
+                "check 'user' and 'password' (pg8000 needs an MD5 password on Redshift, not "
+                f"SHA-256) (SQLSTATE {code})",
+                code,
             )
         if code == "42501":
             return SourceError(
                 f"{action}: permission denied ({message}); grant the user USAGE on the schema "
-                f"and SELECT on the table {display_name(config.table)} (SQLSTATE 42501)"
+                f"and SELECT on the table {display_name(config.table)} (SQLSTATE 42501)",
+                code,
             )
         if code[:2] in _SAFE_SQLSTATE_CLASSES:
-            return SourceError(f"{action}: the database said: {message} (SQLSTATE {code})")
+            return SourceError(f"{action}: the database said: {message} (SQLSTATE {code})", code)
         return SourceError(
             f"{action}: the database refused the query (SQLSTATE {code}); its message is "
-            "withheld because it may quote row values"
+            "withheld because it may quote row values",
+            code,
         )
     causes = [exc, exc.__cause__, exc.__context__]
     for cause in causes:
         if isinstance(cause, ssl.SSLCertVerificationError):
             return SourceError(
                 f"{action}: the TLS certificate of {where} could not be verified "
-                f"({cause.verify_message}); set 'sslrootcert' to the CA that signed it, or "
-                "sslmode=require to encrypt without verifying"
+                f"({cause.verify_message}); set 'sslrootcert' to the CA certificate(s) that "
+                "signed it (for Redshift, Amazon's CA bundle). sslmode=require without "
+                "sslrootcert would still encrypt, but it gives up authenticating the server: "
+                "anyone on the network path could then pose as it"
             )
         if isinstance(cause, TimeoutError):
             return SourceTimeoutError(f"{action}: {where} did not answer in time")
     if "Authentication method" in str(exc):
         return SourceError(
-            f"{action}: {where} asks for a password method pg8000 cannot do ({exc}); give the "
-            "user an MD5 password (Redshift's SHA-256 passwords are not supported)"
+            f"{action}: {where} asks for a password method pg8000 cannot do; give the user an "
+            "MD5 password (Redshift's SHA-256 passwords are not supported)"
         )
     if "refuses SSL" in str(exc):
         return SourceError(
@@ -1016,89 +1329,182 @@ def _source_error(exc: BaseException, config: Config, action: str) -> ConnectorE
     return SourceError(f"{action}: cannot talk to {where}: {reason}")
 
 
-def _run(
-    con: pg8000.native.Connection, config: Config, action: str, sql: str, **params: Any
-) -> list[list[JSONValue]]:
-    try:
-        rows: list[list[JSONValue]] = con.run(sql, **params)
-    except (pg8000.native.Error, OSError, ssl.SSLError) as e:
-        raise _source_error(e, config, action) from None
-    return rows
-
-
-def _read_exactly(sock: Any, size: int, data: bytes) -> bytes:
-    """Finish a short read from pg8000's buffered socket file."""
-    buffer = bytearray(data)
-    while len(buffer) < size:
-        block = sock.read(size - len(buffer))
-        if not block:
-            raise pg8000.native.InterfaceError("network error")
-        buffer.extend(block)
-    return bytes(buffer)
-
-
-def _fast_handle_messages(con: Any, context: Any) -> None:
-    """pg8000's message loop with data rows decoded inline: the hot path of every fetch.
-
-    Same protocol handling as ``CoreConnection.handle_messages`` (every other message goes to
-    pg8000's own handler), but a data row is decoded here without a method call per row, an
-    ASCII row is decoded to text once, and text columns skip the identity adapter. Values are
-    exactly what pg8000 would return with the same adapters (tests compare both).
-    """
-    sock = con._sock
-    read = sock.read
-    handlers = con.message_types
-    unpack_header, unpack_int = _HEADER.unpack_from, _INT32.unpack_from
-    funcs: list[Callable[[str], JSONValue] | None] | None = None
-    rows: list[list[JSONValue]] = []
-    code = b""
-    try:
-        while code != _READY_FOR_QUERY:
-            header = read(5)
-            if len(header) != 5:
-                header = _read_exactly(sock, 5, header)
-            code, length = unpack_header(header)
-            data = read(length - 4)
-            if len(data) != length - 4:
-                data = _read_exactly(sock, length - 4, data)
-            if code != _DATA_ROW:
-                handlers[code](data, context)
-                continue
-            if funcs is None:
-                funcs = [None if f is str else f for f in context.input_funcs]
-                rows = context.rows
-                encoding = con._client_encoding
-            text = data.decode("ascii") if data.isascii() else None
-            row: list[JSONValue] = []
-            append = row.append
-            i = 2
-            for func in funcs:
-                size = unpack_int(data, i)[0]
-                i += 4
-                if size < 0:
-                    append(None)
-                    continue
-                end = i + size
-                value = text[i:end] if text is not None else str(data[i:end], encoding)
-                append(value if func is None else func(value))
-                i = end
-            rows.append(row)
-    except OSError as e:
-        raise pg8000.native.InterfaceError("network error") from e
-    if context.error is not None:
-        raise context.error
-
+# -- The wire: each query in one round trip, its rows streamed in chunks ----------------------
+#
+# pg8000 reads a whole result into memory before returning it, in three round trips. Here a
+# query is Parse, Bind, Describe and Execute with a row limit, sent at once after any prelude
+# statements (whose results are dropped); the rows come in chunks (PortalSuspended between
+# them) until the caller's byte cap is reached, and the rest of the result is never sent.
+# Rows are decoded inline with pg8000's own adapters (registered per connection), so the
+# values are exactly what pg8000 would return.
 
 _HEADER = struct.Struct("!ci")
 _INT32 = struct.Struct("!i")
-_DATA_ROW, _READY_FOR_QUERY = b"D", b"Z"
+_INT16 = struct.Struct("!h")
+_NUL = b"\x00"
+_SYNC = b"S\x00\x00\x00\x04"
+_FLUSH = b"H\x00\x00\x00\x04"
+_DESCRIBE_PORTAL = b"D\x00\x00\x00\x06P\x00"
 
 
-def _install_fast_reader(con: pg8000.native.Connection) -> None:
-    """Use _fast_handle_messages on this connection when pg8000 looks as expected (1.31)."""
-    types = getattr(con, "message_types", None)
-    if isinstance(types, dict) and _DATA_ROW in types and hasattr(con, "_sock"):
-        con.handle_messages = lambda context: _fast_handle_messages(con, context)
+def _message(code: bytes, payload: bytes) -> bytes:
+    return code + _INT32.pack(len(payload) + 4) + payload
+
+
+def _execute_message(max_rows: int) -> bytes:
+    return _message(b"E", _NUL + _INT32.pack(max_rows))
+
+
+def _parse_bind(sql: str, params: Mapping[str, str | None], encoding: str) -> bytes:
+    """Parse and Bind messages for ``sql`` with ``:name`` placeholders and text values."""
+    statement, make_values = pg8000.native.to_statement(sql)
+    bind = bytearray(_NUL + _NUL + _INT16.pack(0))
+    values = make_values(params)
+    bind += _INT16.pack(len(values))
+    for value in values:
+        if value is None:
+            bind += _INT32.pack(-1)
+        else:
+            data = str(value).encode(encoding)
+            bind += _INT32.pack(len(data)) + data
+    bind += _INT16.pack(0)
+    parse = _NUL + statement.encode(encoding) + _NUL + _INT16.pack(0)
+    return _message(b"P", parse) + _message(b"B", bytes(bind))
+
+
+def _read_message(read: Callable[[int], bytes]) -> tuple[bytes, bytes]:
+    header = read(5)
+    if len(header) != 5:
+        raise pg8000.native.InterfaceError("network error")
+    code, length = _HEADER.unpack(header)
+    data = read(length - 4)
+    if len(data) != length - 4:
+        raise pg8000.native.InterfaceError("network error")
+    return code, data
+
+
+def wire_query(
+    con: Any,
+    sql: str,
+    params: Mapping[str, str | None],
+    *,
+    prelude: Sequence[tuple[str, Mapping[str, str | None]]] = (),
+    max_bytes: int | None = None,
+) -> Page:
+    """Run ``sql`` on pg8000 connection ``con``; keep at most about ``max_bytes`` of row data.
+
+    The prelude statements run first in the same round trip; an error in any statement raises
+    pg8000's DatabaseError once the server is ready again.
+    """
+    encoding = con._client_encoding
+    out = bytearray()
+    for prelude_sql, prelude_params in prelude:
+        out += _parse_bind(prelude_sql, prelude_params, encoding) + _execute_message(0)
+    chunk = 0 if max_bytes is None else FIRST_CHUNK_ROWS
+    out += _parse_bind(sql, params, encoding) + _DESCRIBE_PORTAL
+    out += _execute_message(chunk) + _FLUSH
+    sock = con._sock
+    read = sock.read
+    handlers = con.message_types
+    context = pg8000.core.Context(sql)
+    funcs: list[Callable[[str], JSONValue] | None] | None = None
+    rows: list[list[JSONValue]] = []
+    unpack_int = _INT32.unpack_from
+    kept = widest = 0
+    full = dropped = complete = synced = False
+    pending = len(prelude)  # statements whose results come first and are dropped
+    try:
+        sock.write(out)
+        sock.flush()
+        while True:
+            code, data = _read_message(read)
+            if code == b"D":
+                if funcs is None:
+                    continue  # a row of a prelude statement
+                if full:
+                    dropped = True
+                    continue
+                text = data.decode("ascii") if data.isascii() else None
+                row: list[JSONValue] = []
+                append = row.append
+                i = 2
+                for func in funcs:
+                    size = unpack_int(data, i)[0]
+                    i += 4
+                    if size < 0:
+                        append(None)
+                        continue
+                    end = i + size
+                    value = text[i:end] if text is not None else str(data[i:end], encoding)
+                    append(value if func is None else func(value))
+                    i = end
+                rows.append(row)
+                kept += len(data)
+                widest = max(widest, len(data))
+                if max_bytes is not None and kept > max_bytes and len(rows) >= 2:
+                    full = True
+            elif code == b"T":
+                handlers[code](data, context)
+                funcs = [None if f is str else f for f in context.input_funcs]
+                encoding = con._client_encoding
+            elif code == b"C":
+                if pending:
+                    pending -= 1
+                    continue
+                complete = not dropped
+                sock.write(_SYNC)
+                sock.flush()
+                synced = True
+            elif code == b"s":  # the chunk is done and the result goes on
+                if full:
+                    sock.write(_SYNC)
+                    sock.flush()
+                    synced = True
+                else:
+                    assert max_bytes is not None
+                    room_rows = (max_bytes - kept) // max(widest, 1) + 1
+                    chunk = max(1, min(MAX_CHUNK_ROWS, 4 * chunk, room_rows))
+                    sock.write(_execute_message(chunk) + _FLUSH)
+                    sock.flush()
+            elif code == b"E":
+                handlers[code](data, context)
+                if not synced:
+                    sock.write(_SYNC)
+                    sock.flush()
+                    synced = True
+            elif code == b"Z":
+                handlers[code](data, context)
+                break
+            else:
+                handlers[code](data, context)
+    except (OSError, ValueError) as e:  # ValueError: a write to a closed socket file
+        raise pg8000.native.InterfaceError("network error") from e
+    if context.error is not None:
+        raise context.error
+    return Page(rows, complete)
+
+
+def parse_text_array(text: str) -> list[str]:
+    """The elements of a one-dimensional array in PostgreSQL's text form, e.g. {a,"b c"}."""
+    if not (text.startswith("{") and text.endswith("}")):
+        raise SourceError("the server sent an array in an unexpected form")
+    body, items, i = text[1:-1], [], 0
+    while i < len(body):
+        if body[i] == '"':
+            j, chars = i + 1, []
+            while body[j] != '"':
+                j += body[j] == "\\"
+                chars.append(body[j])
+                j += 1
+            items.append("".join(chars))
+            i = j + 1
+        else:
+            j = body.find(",", i)
+            j = len(body) if j < 0 else j
+            items.append(body[i:j])
+            i = j
+        i += 1  # the comma
+    return items
 
 
 class Source:
@@ -1108,19 +1514,23 @@ class Source:
         self.config = config
         self.deadline = deadline
         self.con: pg8000.native.Connection | None = None
+        self.search_path: list[str] = []  # the user's schemas, read before the path is pinned
 
     def time_left_ms(self) -> float:
         return (self.deadline - time.monotonic()) * 1000
 
-    def __enter__(self) -> Source:
-        config = self.config
+    def _time_left_or_fail(self) -> float:
         left_ms = self.time_left_ms()
         if left_ms < MIN_TIME_LEFT_MS:
             raise SourceTimeoutError(
                 f"only {max(0, int(left_ms))} ms are left in this invocation; raise the Lambda "
                 "timeout (up to 15 minutes)"
             )
-        timeout_s = min(config.connect_timeout_s, left_ms / 1000)
+        return left_ms
+
+    def __enter__(self) -> Source:
+        config = self.config
+        timeout_s = min(config.connect_timeout_s, self._time_left_or_fail() / 1000)
         sock = None
         try:
             # Our own socket, so that it is closed whatever fails (pg8000 leaves it open when
@@ -1148,30 +1558,71 @@ class Source:
             raise
         return self
 
-    def _start_session(self) -> None:
+    def query(
+        self, action: str, sql: str, params: Mapping[str, str | None], max_bytes: int | None = None
+    ) -> Page:
+        """Run one statement, timed to end before the invocation does."""
         assert self.con is not None
-        left_ms = self.time_left_ms()
-        statement_ms = int(left_ms)
+        left_ms = self._time_left_or_fail()
+        timeout_ms = int(left_ms)
         if self.config.statement_timeout_s is not None:
-            statement_ms = min(statement_ms, int(self.config.statement_timeout_s * 1000))
-        # Reads may take as long as the statement timeout: the server gives up first, and the
-        # socket a little later, still inside the time kept free at the end of the invocation.
+            timeout_ms = min(timeout_ms, int(self.config.statement_timeout_s * 1000))
+        # The server gives up first; the socket a little later, still inside the time kept
+        # free at the end of the invocation.
         sock = getattr(self.con, "_usock", None)
         if sock is not None:
-            sock.settimeout(statement_ms / 1000 + max(1.0, min(5.0, statement_ms / 10_000)))
-        settings = {**SESSION_SETTINGS, "statement_timeout": str(max(1, statement_ms))}
-        params = {}
-        for i, (name, value) in enumerate(settings.items()):
-            params[f"n{i}"], params[f"v{i}"] = name, value
-        _run(self.con, self.config, "starting the session", SESSION_SQL, **params)
-        _run(self.con, self.config, "starting a read-only transaction", BEGIN_SQL)
+            sock.settimeout(timeout_ms / 1000 + max(1.0, min(5.0, timeout_ms / 10_000)))
+        # (BEGIN goes alone: a statement before it in the same round trip would take the
+        # snapshot first.)
+        prelude = [] if sql == BEGIN_SQL else [(TIMEOUT_SQL, {"ms": str(max(1, timeout_ms))})]
+        started = time.monotonic()
+        try:
+            page = wire_query(self.con, sql, params, prelude=prelude, max_bytes=max_bytes)
+        except (pg8000.native.Error, OSError, ssl.SSLError) as e:
+            raise _source_error(e, self.config, action) from None
+        log(
+            logging.DEBUG,
+            "query",
+            action=action,
+            rows=len(page.rows),
+            complete=page.complete,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return page
+
+    def fetch(self, sql: str, params: dict[str, str | None], max_bytes: int) -> Page:
+        return self.query("reading rows", sql, params, max_bytes)
+
+    def _set(self, settings: Mapping[str, str]) -> None:
+        sql, params = session_sql(settings)
+        values = self.query("starting the session", sql, params).rows[0]
+        for (name, wanted), got in zip(settings.items(), values, strict=True):
+            if " ".join(str(got).split()).lower() != wanted.lower():
+                raise SourceError(
+                    f"starting the session: the server reports {name}={shown(got)} after it "
+                    f"was set to {shown(wanted)}; the function needs that setting to encode "
+                    "values exactly"
+                )
+
+    def _start_session(self) -> None:
+        assert self.con is not None
         for oid, adapter in ALL_IN_ADAPTERS.items():
             self.con.register_in_adapter(oid, adapter)
-        _install_fast_reader(self.con)
-
-    def fetch(self, sql: str, params: dict[str, str | None]) -> list[list[JSONValue]]:
-        assert self.con is not None
-        return _run(self.con, self.config, "reading rows", sql, **params)
+        schemas = self.query("reading the search_path", SEARCH_PATH_SQL, {}).rows[0][0]
+        self.search_path = parse_text_array(str(schemas))
+        self._set(SESSION_SETTINGS)
+        try:
+            self._set(OPTIONAL_SESSION_SETTINGS)
+        except SourceError as e:
+            if e.sqlstate != SQLSTATE_UNDEFINED_OBJECT:
+                raise
+            for name, value in OPTIONAL_SESSION_SETTINGS.items():  # set those that exist
+                try:
+                    self._set({name: value})
+                except SourceError as each:
+                    if each.sqlstate != SQLSTATE_UNDEFINED_OBJECT:
+                        raise
+        self.query("starting a read-only transaction", BEGIN_SQL, {})
 
     def close(self) -> None:
         con, self.con = self.con, None
@@ -1203,54 +1654,86 @@ def _resolve(
     return tuple(resolved)
 
 
+def _choose_table(
+    found: Sequence[tuple[str, str]], wanted: tuple[str, ...], search_path: Sequence[str]
+) -> tuple[str, str] | None:
+    """The catalog's (schema, table) for the configured name; None when it matches nothing.
+
+    A bare name is looked up in the user's search_path in order, as the server would: an exact
+    match first, else a unique case-insensitive one.
+    """
+    if len(wanted) == 1:
+        rank = {schema: i for i, schema in reversed(list(enumerate(search_path)))}
+        found = sorted((k for k in found if k[0] in rank), key=lambda k: rank[k[0]])
+        exact = [k for k in found if k[1] == wanted[0]]
+        if exact:
+            return exact[0]
+    else:
+        exact = [k for k in found if k == wanted]
+        if exact:
+            return exact[0]
+    if len(found) > 1:
+        candidates = ", ".join(display_name(k) for k in sorted(found))[:500]
+        raise ConfigurationError(
+            f"setting 'table': {display_name(wanted)} matches several tables ({candidates}); "
+            "quote the exact name"
+        )
+    return found[0] if found else None
+
+
+def _base_type(source: Source, column: Column, kind: str) -> tuple[Column, str]:
+    """A domain-typed column as its base type (the OID its values arrive with)."""
+    for _ in range(MAX_DOMAIN_DEPTH):
+        if kind != "d":
+            return column, kind
+        step = source.query(
+            "reading a domain's base type", DOMAIN_SQL, {"oid": str(column.type_oid)}
+        ).rows
+        if not step:
+            break
+        oid, kind, sql_type = step[0]
+        column = replace(column, type_oid=int(oid), sql_type=str(sql_type))
+    raise SourceError(f"reading the type of column {display_name([column.name])}: no base type")
+
+
 def load_plan(source: Source, config: Config) -> TablePlan:
     """Find the table and its columns in the catalog and check the cursor and key columns."""
-    assert source.con is not None
-    con = source.con
     params = {"table": config.table[-1]}
     if len(config.table) == 2:
         params["schema"] = config.table[0]
         sql = CATALOG_SQL.format(schema_condition=CATALOG_SCHEMA_GIVEN)
     else:
-        sql = CATALOG_SQL.format(schema_condition=CATALOG_SCHEMA_SEARCH_PATH)
-    found: dict[tuple[str, str], list[Column]] = {}
+        sql = CATALOG_SQL.format(schema_condition=CATALOG_SCHEMA_ANY)
+    found: dict[tuple[str, str], list[tuple[Column, str]]] = {}
     attnums: dict[tuple[str, str, int], str] = {}
-    for schema, name, column, type_oid, sql_type, not_null, attnum in _run(
-        con, config, "reading the catalog", sql, **params
-    ):
+    for schema, name, column, type_oid, sql_type, not_null, attnum, kind in source.query(
+        "reading the catalog", sql, params
+    ).rows:
         found.setdefault((schema, name), []).append(
-            Column(column, int(type_oid), str(sql_type), not not_null)
+            (Column(column, int(type_oid), str(sql_type), not not_null), str(kind))
         )
         attnums[(schema, name, int(attnum))] = column
     wanted = display_name(config.table)
-    exact = [
-        k
-        for k in found
-        if k[1] == config.table[-1] and (len(config.table) == 1 or k[0] == config.table[0])
-    ]
-    if len(exact) == 1 or (not exact and len(found) == 1):
-        schema, name = exact[0] if exact else next(iter(found))
-    elif not found:
+    chosen = _choose_table(list(found), config.table, source.search_path)
+    if chosen is None:
         raise ConfigurationError(
-            f"setting 'table': {wanted} was not found in database '{config.database}' or user "
-            f"'{config.user}' cannot see it; expected an existing table or view"
+            f"setting 'table': {wanted} was not found in database {shown(config.database)} or "
+            f"user {shown(config.user)} cannot see it; expected an existing table or view"
             + ("" if len(config.table) == 2 else " on the search_path (or write schema.table)")
         )
-    else:
-        candidates = ", ".join(display_name(k) for k in sorted(found))[:500]
-        raise ConfigurationError(
-            f"setting 'table': {wanted} matches several tables ({candidates}); quote the exact name"
-        )
-    columns = tuple(found[(schema, name)])
+    schema, name = chosen
+    typed = [_base_type(source, column, kind) for column, kind in found[chosen]]
+    columns = tuple(column for column, _ in typed)
+    kinds = {column.name: kind for column, kind in typed}
     table = display_name((schema, name))
     available = [c.name for c in columns]
     cursor = _resolve(config.cursor, available, "cursor", table)
     if config.primary_key is not None:
         primary_key = _resolve(config.primary_key, available, "primary_key", table)
     else:
-        declared = _run(
-            con, config, "reading the primary key", PRIMARY_KEY_SQL, schema=schema, table=name
-        )
+        declared = source.query(
+            "reading the primary key", PRIMARY_KEY_SQL, {"schema": schema, "table": name}
+        ).rows
         # conkey arrives as the server's text of a smallint array, e.g. "{2,1}".
         numbers = re.findall(r"-?[0-9]+", str(declared[0][0])) if declared else []
         primary_key = tuple(attnums.get((schema, name, int(n)), "") for n in numbers)
@@ -1263,12 +1746,20 @@ def load_plan(source: Source, config: Config) -> TablePlan:
             )
     plan = TablePlan(schema, name, columns, cursor, primary_key)
     for column in plan.order:
+        setting = "cursor" if column.name in cursor else "primary_key"
         if column.type_oid in UNORDERABLE_OIDS:
-            setting = "cursor" if column.name in cursor else "primary_key"
             raise ConfigurationError(
                 f"setting '{setting}': column {display_name([column.name])} has type "
                 f"{column.sql_type}, which cannot page exactly; expected an integer, numeric, "
                 "date, timestamp or text column"
+            )
+        if column.type_oid >= FIRST_USER_OID and kinds[column.name] != "e":
+            # Its comparison operators live outside pg_catalog, which the session pins: the
+            # paging's > could then disagree with the ORDER BY.
+            raise ConfigurationError(
+                f"setting '{setting}': column {display_name([column.name])} has the "
+                f"user-defined type {column.sql_type}; expected a column of a built-in type "
+                "(or a domain over one), e.g. through a view that casts it"
             )
     if config.lookback_s and plan.order[0].type_oid not in (
         OID_DATE,
@@ -1279,6 +1770,14 @@ def load_plan(source: Source, config: Config) -> TablePlan:
             f"setting 'lookback' needs a date or timestamp as the first cursor column; "
             f"{display_name([plan.order[0].name])} is {plan.order[0].sql_type}"
         )
+    log(
+        logging.DEBUG,
+        "plan",
+        table=plan.source,
+        columns=len(plan.columns),
+        order=[c.name for c in plan.order],
+        primary_key=list(plan.primary_key),
+    )
     return plan
 
 
@@ -1320,9 +1819,6 @@ def lambda_response(
     }
 
 
-_SYNC_ID = re.compile(r"[\w.:-]{1,100}")  # what is logged of a sync_id: nothing that forges lines
-
-
 def _remaining_ms(context: Any) -> float:
     get = getattr(context, "get_remaining_time_in_millis", None)
     return float(get()) if callable(get) else float(LOCAL_RUN_TIME_MS)
@@ -1349,65 +1845,71 @@ def _handle(request: Any, context: Any) -> dict[str, Any]:
     if not isinstance(request, Mapping):
         raise ConfigurationError("the request must be a JSON object with 'secrets' and 'state'")
     sync_id = request.get("sync_id")
-    sync_id = sync_id if isinstance(sync_id, str) and _SYNC_ID.fullmatch(sync_id) else "-"
-    setup_test = request.get("setup_test", False)
+    fields = {"sync_id": sync_id[:100]} if isinstance(sync_id, str) else {}
+    token = _log_fields.set(fields)
     try:
-        if not isinstance(setup_test, bool):
-            raise ConfigurationError("the request's 'setup_test' must be true or false")
-        config = parse_config(request.get("secrets"))
-        state_in = request.get("state")
-        state_in = {} if state_in is None else state_in
-        previous = read_state(state_in, config.destination_table)
-        with Source(config, deadline) as source:
-            plan = load_plan(source, config)
-            check_state(previous, plan)
-            if setup_test:
-                source.fetch(*build_page_sql(plan, 0))  # proves SELECT works, reads nothing
-                logger.info("sync_id=%s table=%s setup test passed", sync_id, plan.source)
-                return lambda_response(
-                    config.destination_table, plan.primary_key, state_in, [], False
-                )
-
-            def overhead(table_state: TableState) -> int:
-                state = write_state(state_in, config.destination_table, table_state)
-                return json_size(
-                    lambda_response(config.destination_table, plan.primary_key, state, [], False)
-                )
-
-            batch = read_batch(source.fetch, plan, previous, config, overhead, source.time_left_ms)
+        return _sync(request, deadline, started)
     except ConnectorError as e:
-        logger.error("sync_id=%s failed: %s: %s", sync_id, type(e).__name__, e)
+        log(logging.ERROR, "failed", error=type(e).__name__, message=str(e))
+        e.logged = True
         raise
     except Exception as e:
         # A bug, not bad input. Its message may quote a value, so it is not passed on; where
         # it happened is.
         where = traceback.extract_tb(e.__traceback__)[-1]
-        logger.error(
-            "sync_id=%s failed: unexpected %s at %s:%s in %s",
-            sync_id,
-            type(e).__name__,
-            os.path.basename(where.filename),
-            where.lineno,
-            where.name,
+        log(
+            logging.ERROR,
+            "failed",
+            error=f"unexpected {type(e).__name__}",
+            at=f"{os.path.basename(where.filename)}:{where.lineno} in {where.name}",
         )
-        raise ConnectorError(
+        error = ConnectorError(
             f"unexpected internal error ({type(e).__name__} in {where.name}); please report it "
             "with the sync_id and the function's log line"
-        ) from None
+        )
+        error.logged = True
+        raise error from None
+    finally:
+        _log_fields.reset(token)
+
+
+def _sync(request: Mapping[str, Any], deadline: float, started: float) -> dict[str, Any]:
+    setup_test = request.get("setup_test", False)
+    if not isinstance(setup_test, bool):
+        raise ConfigurationError("the request's 'setup_test' must be true or false")
+    config = parse_config(request.get("secrets"))
+    state_in = request.get("state")
+    state_in = {} if state_in is None else state_in
+    previous = read_state(state_in, config.destination_table)
+    with Source(config, deadline) as source:
+        plan = load_plan(source, config)
+        check_state(previous, plan)
+        if setup_test:
+            source.fetch(*build_page_sql(plan, 0), 0)  # proves SELECT works, reads nothing
+            log(logging.INFO, "setup test passed", table=plan.source)
+            return lambda_response(config.destination_table, plan.primary_key, state_in, [], False)
+
+        def overhead(table_state: TableState) -> int:
+            state = write_state(state_in, config.destination_table, table_state)
+            return json_size(
+                lambda_response(config.destination_table, plan.primary_key, state, [], False)
+            )
+
+        batch = read_batch(source.fetch, plan, previous, config, overhead, source.time_left_ms)
     state_out = (
         state_in
         if batch.state is None
         else write_state(state_in, config.destination_table, batch.state)
     )
-    logger.info(
-        "sync_id=%s table=%s rows=%d bytes=%d pages=%d has_more=%s elapsed_ms=%d",
-        sync_id,
-        plan.source,
-        len(batch.rows),
-        batch.row_bytes,
-        batch.pages,
-        batch.has_more,
-        (time.monotonic() - started) * 1000,
+    log(
+        logging.INFO,
+        "batch",
+        table=plan.source,
+        rows=len(batch.rows),
+        bytes=batch.row_bytes,
+        pages=batch.pages,
+        has_more=batch.has_more,
+        elapsed_ms=int((time.monotonic() - started) * 1000),
     )
     return lambda_response(
         config.destination_table, plan.primary_key, state_out, batch.rows, batch.has_more
@@ -1463,10 +1965,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-rows", action="store_true", help="print row counts instead of the rows"
     )
-    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="debug logging: the plan, each query's rows and time (never values); "
+        "LOG_LEVEL=DEBUG does the same",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logger.setLevel(logging.DEBUG if args.verbose else log_level_from_env(os.environ))
     try:
         request = load_request(args.event, os.environ)
         calls = rows = 0
@@ -1496,7 +2004,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
     except ConnectorError as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        if not e.logged:  # the handler's own failures are already on stderr, as its log line
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -54,7 +54,9 @@ def no_secret_or_row_value_in_logs(
     caplog.set_level("DEBUG", logger="redshift_lambda")
     yield
     sensitive = helpers.SENSITIVE | helpers.PASSWORDS
-    for record in caplog.records:
+    # caplog.records in a teardown holds only the teardown's records: read every phase's.
+    records = [r for when in ("setup", "call", "teardown") for r in caplog.get_records(when)]
+    for record in records:
         text = record.getMessage()
         leaked = [s for s in sensitive if s in text]
         assert not leaked, f"log record leaks {len(leaked)} sensitive value(s): {record.msg!r}"

@@ -42,7 +42,7 @@ def test_one_invocation_prints_the_response(pg, table_name):
     response = json.loads(proc.stdout)
     assert len(response["insert"][table_name]) == 10 and response["hasMore"] is True
     assert response["insert"][table_name][0]["t"] == "ü"
-    assert "rows=10" in proc.stderr  # the log line goes to stderr
+    assert '"rows": 10' in proc.stderr  # the log line goes to stderr
     assert pg.password not in proc.stdout + proc.stderr
 
 
@@ -59,12 +59,51 @@ def test_all_keeps_invoking_while_has_more(pg, table_name):
 
 
 def test_bad_settings_exit_1_with_a_clear_message(pg, table_name):
+    """Regression (issue 13, item 3): every error was printed twice (log line and error:)."""
     proc = run_cli(pg, table_name, str(EVENTS / "first_sync.json"), REDSHIFT_LAMBDA_PORT="port")
     assert proc.returncode == 1
-    assert proc.stderr.strip().endswith(
-        "error: ConfigurationError: setting 'port' must be a whole number like \"5439\""
-    )
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    record = json.loads(lines[0].split(" ERROR ", 1)[1])
+    assert record["error"] == "ConfigurationError"
+    assert record["message"] == "setting 'port' must be a whole number like \"5439\", got 'port'"
     assert proc.stdout == ""
+
+
+def test_an_unreadable_request_file_is_one_error_line(tmp_path):
+    path = tmp_path / "event.json"
+    path.write_text("{not json", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "lambda_function.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(
+        "error: ConfigurationError: cannot read the request file"
+    )
+
+
+def test_debug_logging_shows_the_plan_and_pages_but_no_values(pg, table_name):
+    """Regression (issue 13, item 2): --verbose changed nothing and LOG_LEVEL was ignored."""
+    pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at int NOT NULL, t text)")
+    pg.execute(
+        f"INSERT INTO {table_name} SELECT g, g, 'secret-value-' || g FROM generate_series(1, 30) g"
+    )
+    event = str(EVENTS / "first_sync.json")
+    for args, env in ((("--verbose",), {}), ((), {"LOG_LEVEL": "debug"})):
+        proc = run_cli(pg, table_name, event, *args, REDSHIFT_LAMBDA_LIMIT="10", **env)
+        assert proc.returncode == 0, proc.stderr
+        records = [json.loads(line.split(" ", 3)[3]) for line in proc.stderr.splitlines()]
+        events = [r["event"] for r in records]
+        assert "plan" in events and "query" in events and events[-1] == "batch"
+        plan = next(r for r in records if r["event"] == "plan")
+        assert plan["order"] == ["updated_at", "id"]
+        assert "secret-value" not in proc.stderr and pg.password not in proc.stderr
+    quiet = run_cli(pg, table_name, event, LOG_LEVEL="WARNING")
+    assert quiet.returncode == 0 and quiet.stderr == ""
 
 
 def test_event_files_are_valid_requests():

@@ -64,7 +64,7 @@ class SlowSource:
         server.execute(f"INSERT INTO {name}_ctl VALUES (0)")
         server.execute(
             f"CREATE FUNCTION {name}_slow(x int) RETURNS int LANGUAGE plpgsql VOLATILE AS $$"
-            f" BEGIN PERFORM pg_sleep((SELECT delay FROM {name}_ctl)); RETURN x; END $$"
+            f" BEGIN PERFORM pg_sleep((SELECT delay FROM public.{name}_ctl)); RETURN x; END $$"
         )
         server.execute(
             f"CREATE VIEW {self.view} AS SELECT id, updated_at, v, {name}_slow(id) AS s FROM {name}"

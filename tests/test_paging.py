@@ -83,9 +83,12 @@ def test_incremental_sync_delivers_exactly_new_and_changed_rows(pg, table_name):
     secrets = secrets_for(pg, table_name, limit="40")
     first = sync(secrets)
     assert len(first.rows) == 300
-    # Nothing changed: the next sync delivers nothing and keeps the state.
+    # Nothing changed: the next sync re-sends only the rows at the last cursor value (here
+    # row 300 alone) and keeps the position.
     idle = sync(secrets, first.state)
-    assert idle.rows == [] and idle.state == first.state and idle.responses == 1
+    assert ids(idle.rows) == [300] and idle.responses == 1
+    entry, was = idle.state["tables"][table_name], first.state["tables"][table_name]
+    assert entry["after"] == was["after"] and entry["complete"] is True
     pg.execute(
         f"UPDATE {table_name} SET v = 'b', updated_at = timestamp '2025-01-01' WHERE id IN (3, 150)"
     )
@@ -94,7 +97,7 @@ def test_incremental_sync_delivers_exactly_new_and_changed_rows(pg, table_name):
         " (302, timestamp '2025-01-01', 'tie with an update')"
     )
     second = sync(secrets, first.state)
-    assert sorted(ids(second.rows)) == [3, 150, 301, 302]
+    assert sorted(ids(second.rows)) == [3, 150, 300, 301, 302]
     assert {r["id"]: r["v"] for r in second.rows}[3] == "b"
 
 
@@ -235,11 +238,18 @@ def test_repeated_cursor_and_key_never_straddle_a_batch_boundary(pg, table_name)
     for limit in ("2", "3", "7"):
         result = sync(secrets_for(pg, table_name, limit=limit))
         assert sorted(r["copy"] for r in result.rows) == list(range(120)), limit
+    # Regression (issue 8, item 5): a group larger than the first page, or than 'limit', was
+    # refused; it is delivered whole, even past 'limit' when a batch holds nothing else.
     pg.execute(f"INSERT INTO {table_name} SELECT 1000, 9, g FROM generate_series(1, 5) g")
+    result = sync(secrets_for(pg, table_name, limit="3"))
+    assert sorted(r["copy"] for r in result.rows) == sorted([*range(1, 6), *range(120)])
+    # Only what truly cannot be paged is refused: twins that do not fit one response.
+    pg.execute(f"INSERT INTO {table_name} SELECT 2000, 10, g FROM generate_series(1, 400) g")
+    pg.execute(f"ALTER TABLE {table_name} ADD COLUMN pad text DEFAULT repeat('x', 100)")
     with pytest.raises(
-        lf.SourceError, match=r"more rows with the same values of \(updated_at, id\)"
+        lf.SourceError, match=r"more rows with the same values of \(updated_at, id\) than fit"
     ):
-        sync(secrets_for(pg, table_name, limit="3"))
+        sync(secrets_for(pg, table_name, limit="3", max_response_bytes="20000"))
 
 
 def test_a_sync_ending_on_an_empty_batch_is_marked_complete(pg, table_name):
@@ -268,3 +278,21 @@ def test_a_select_only_user_gets_the_declared_primary_key(pg, table_name):
     response = lf.lambda_handler({"state": {}, "secrets": secrets}, None)
     assert response["schema"] == {table_name: {"primary_key": ["b", "a"]}}
     assert response["insert"][table_name] == [{"a": 1, "b": 2, "updated_at": 3}]
+
+
+def test_a_row_committed_later_at_the_last_cursor_value_is_not_lost(pg, table_name):
+    """Regression (issue 8, item 1): a row committed after a sync with the same cursor value as
+    the last delivered row but a smaller key was never delivered (the next sync resumed
+    strictly after (cursor, key)). A new sync resumes inclusively at the last cursor value."""
+    pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at timestamp(0) NOT NULL)")
+    pg.execute(
+        f"INSERT INTO {table_name} SELECT g, timestamp '2024-01-01' + (g / 4) * interval '1 s'"
+        " FROM generate_series(10, 49) g"
+    )
+    secrets = secrets_for(pg, table_name, limit="6")
+    first = sync(secrets)
+    assert sorted(ids(first.rows)) == list(range(10, 50))
+    assert len(ids(first.rows)) == 40  # strict inside a sync: nothing twice
+    pg.execute(f"INSERT INTO {table_name} VALUES (1, timestamp '2024-01-01 00:00:12')")
+    second = sync(secrets, first.state)
+    assert sorted(ids(second.rows)) == [1, 48, 49]  # the new row, and its tied rows re-sent

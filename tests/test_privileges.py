@@ -77,7 +77,10 @@ def test_usage_and_select_are_enough_for_a_full_sync(pg, reader, primary_key):
     pg.execute(
         f"UPDATE {reader.schema}.orders SET updated_at = timestamp '2025-01-01' WHERE id = 7"
     )
-    assert [r["id"] for r in sync(secrets_, result.state).rows] == [7]
+    again = [r["id"] for r in sync(secrets_, result.state).rows]
+    last = result.rows[-1]["updated_at"]  # rows at the last cursor value are re-sent
+    assert 7 in again
+    assert set(again) - {7} == {r["id"] for r in result.rows if r["updated_at"] == last}
 
 
 @pytest.mark.parametrize("setup_test", [False, True])
@@ -112,7 +115,7 @@ def test_the_sync_runs_read_only_even_for_a_superuser(pg, table_name):
     pg.execute(f"CREATE TABLE {table_name}_audit (id int)")
     pg.execute(
         f"CREATE FUNCTION {table_name}_touch(x int) RETURNS int LANGUAGE plpgsql VOLATILE AS $$"
-        f" BEGIN INSERT INTO {table_name}_audit VALUES (x); RETURN x; END $$"
+        f" BEGIN INSERT INTO public.{table_name}_audit VALUES (x); RETURN x; END $$"
     )
     pg.execute(
         f"CREATE VIEW {table_name}_v AS SELECT id, updated_at, {table_name}_touch(id) AS touched"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -61,7 +62,7 @@ def test_a_state_value_that_does_not_cast_is_not_echoed(pg, orders):
     request = {"state": {}, "secrets": secrets_for(pg, orders, limit="5")}
     state = lf.lambda_handler(request, None)["state"]
     state["tables"][orders]["after"][0] = "not-a-timestamp'); DROP TABLE canary; --"
-    with pytest.raises(lf.SourceError, match="SQLSTATE 22") as err:
+    with pytest.raises(lf.StateError, match="SQLSTATE 22") as err:
         lf.lambda_handler({"state": state, "secrets": secrets_for(pg, orders)}, None)
     assert "not-a-timestamp" not in str(err.value)
     assert canary_exists(pg)
@@ -74,8 +75,10 @@ def test_debug_logs_carry_counts_not_secrets_or_rows(pg, orders, caplog):
     assert "customer-1" in SENSITIVE
     assert len(result.rows) == 30
     lines = [r.getMessage() for r in caplog.records if r.name == "redshift_lambda"]
-    assert len(lines) == result.responses
-    assert all("rows=" in line and "bytes=" in line for line in lines)
+    batches = [json.loads(line) for line in lines if '"event": "batch"' in line]
+    assert len(batches) == result.responses
+    assert all({"rows", "bytes", "pages"} <= set(b) for b in batches)
+    assert len(lines) > len(batches)  # DEBUG lines too: the plan and every query
     for line in lines:
         assert pg.password not in line
         assert not any(row["name"] in line.split() for row in result.rows)
@@ -105,10 +108,20 @@ def test_an_unexpected_error_is_reported_without_its_message(pg, orders, monkeyp
             {"state": {}, "secrets": secrets_for(pg, orders), "sync_id": "abc-1"}, None
         )
     assert "customer-7" not in str(err.value) and "customer-7" not in caplog.text
-    assert "sync_id=abc-1 failed: unexpected ValueError at test_security.py:" in caplog.text
+    failed = [json.loads(r.getMessage()) for r in caplog.records if r.levelname == "ERROR"]
+    assert failed[-1]["event"] == "failed" and failed[-1]["sync_id"] == "abc-1"
+    assert failed[-1]["error"] == "unexpected ValueError"
+    assert failed[-1]["at"].startswith("test_security.py:")
 
 
-def test_a_sync_id_that_could_forge_log_lines_is_not_logged(pg, orders, caplog):
-    request = {"state": {}, "secrets": secrets_for(pg, orders), "sync_id": "x\nERROR forged"}
+def test_a_sync_id_or_setting_name_cannot_forge_log_lines(pg, orders, caplog):
+    """Regression (issue 8, item 11): an unknown setting name with a newline forged a line.
+    Every log line is one JSON object, so a newline in any value stays escaped."""
+    secrets = {**secrets_for(pg, orders), "x\nERROR forged": "1"}
+    request = {"state": {}, "secrets": secrets, "sync_id": "x\nERROR forged"}
     lf.lambda_handler(request, None)
-    assert "forged" not in caplog.text and "sync_id=- " in caplog.text
+    assert caplog.records
+    for record in caplog.records:
+        message = record.getMessage()
+        assert "\n" not in message and "\r" not in message
+        assert json.loads(message)["sync_id"] == "x\nERROR forged"

@@ -119,7 +119,7 @@ def test_settings_parse(overrides, expected):
 
 def test_unknown_settings_are_named_in_a_warning(caplog):
     lf.parse_config({**BASE, "primary_keys": "id"})
-    assert "ignoring unknown setting(s): primary_keys" in caplog.text
+    assert '"event": "unknown settings ignored", "names": ["\'primary_keys\'"]' in caplog.text
 
 
 def test_normalize_pem_rebuilds_lines():
