@@ -1,12 +1,17 @@
 """The invariant, as a Hypothesis property: the destination ends up equal to the source.
 
-Each example builds one table (leading cursor of one of seven types, optionally a second cursor
-column, heavy ties, NULL cursors, unicode text, single or composite key), picks a batching
-(``limit``, ``max_response_bytes``), and interleaves writes between invocations: inserts with a
-new highest cursor, and updates that move a row's cursor to a new highest value. The handler is
-driven as Fivetran drives it (invoke while ``hasMore``; after writes, a scheduled sync again), and
-every batch is upserted by primary key into a dict. At the end the dict must equal the table, value
-for value, as read independently with pg8000's default adapters.
+Each example builds one table (leading cursor of one of eleven types, among them bytea, uuid and
+domains over integer and over a domain over timestamp; optionally a second cursor column; heavy
+ties, NULL cursors, unicode text; a single key, integer or a domain over integer, or a composite
+one whose text part may hold keys that differ only in case, under the default, "C" or an ICU
+collation), picks a batching (``limit``, ``max_response_bytes``), and interleaves writes between
+invocations: inserts with a new highest cursor (some of them far wider than the rows before, so
+rows widen during a sync), updates that move a row's cursor to a new highest value, and, after a
+sync ends, writers committing rows at that sync's last delivered cursor value with smaller keys
+(issue 8, item 1: the next sync must deliver them). The handler is driven as Fivetran drives it
+(invoke while ``hasMore``; after writes, a scheduled sync again), and every batch is upserted by
+primary key into a dict. At the end the dict must equal the table, value for value, as read
+independently with pg8000's default adapters.
 
 Two shapes: small tables (at most 60 rows, limit 1..50: every invocation reads one page), and
 bulk tables of about 1,000 rows with limits of 100 and more, so that invocations read several
@@ -19,12 +24,15 @@ tenth of that). Runs are derandomized (the same examples every run, for CI) unle
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import itertools
 import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -85,18 +93,31 @@ class Kind:
     bump: str
     base: str
     temporal: bool = False
+    # For types without max(): the value just above the highest one's text (bump unused).
+    succ: Callable[[str], str] | None = None
 
 
 def _ts(value: dt.datetime) -> str:
     return value.isoformat(sep=" ")
 
 
+# Domains the property's tables use (issue 8, items 2 and 18), created by the ``domains`` fixture.
+DOMAIN_PREFIX = f"prop_{secrets.token_hex(3)}"
+DOMAIN_INT = f"{DOMAIN_PREFIX}_d_int"  # a domain over integer
+DOMAIN_TS = f"{DOMAIN_PREFIX}_dd_ts"  # a domain over a domain over timestamp
+DOMAINS = [
+    (DOMAIN_INT, "integer"),
+    (f"{DOMAIN_PREFIX}_d_ts", "timestamp"),
+    (DOMAIN_TS, f"{DOMAIN_PREFIX}_d_ts"),
+]
+TIMESTAMPS = st.datetimes(dt.datetime(100, 1, 1), dt.datetime(9998, 12, 31)).map(_ts)
+
 LEAD_KINDS: dict[str, Kind] = {
     "integer": Kind("integer", st.integers(-(2**31), 2**31 - 100).map(str), "{m} + 1", "0"),
     "bigint": Kind("bigint", st.integers(-(2**63), 2**63 - 100).map(str), "{m} + 1", "0"),
     "timestamp": Kind(
         "timestamp",
-        st.datetimes(dt.datetime(100, 1, 1), dt.datetime(9998, 12, 31)).map(_ts),
+        TIMESTAMPS,
         "{m} + interval '1 second'",
         "2000-01-01 00:00:00",
         temporal=True,
@@ -129,7 +150,28 @@ LEAD_KINDS: dict[str, Kind] = {
     ),
     # Collation C (the test server's): a string with one more character sorts after it.
     "varchar": Kind("varchar(40)", TEXT, "{m} || 'a'", ""),
+    # bytea sorts bytewise: one more byte sorts after; uuid below 2**127, so +1 never wraps.
+    "bytea": Kind(
+        "bytea",
+        st.binary(max_size=6).map(lambda b: "\\x" + b.hex()),
+        "",
+        "\\x",
+        succ=lambda t: t + "00",
+    ),
+    "uuid": Kind(
+        "uuid",
+        st.integers(0, 2**127).map(lambda n: str(uuid.UUID(int=n))),
+        "",
+        "00000000-0000-0000-0000-000000000000",
+        succ=lambda t: str(uuid.UUID(int=uuid.UUID(t).int + 1)),
+    ),
+    "domain_integer": Kind(DOMAIN_INT, st.integers(-(2**31), 2**31 - 100).map(str), "{m} + 1", "0"),
+    "domain_timestamp": Kind(
+        DOMAIN_TS, TIMESTAMPS, "{m} + interval '1 second'", "2000-01-01 00:00:00", temporal=True
+    ),
 }
+KEY_TYPES = ["integer", DOMAIN_INT]
+COLLATIONS = ["", ' COLLATE "C"', ' COLLATE "und-x-icu"']  # all case-sensitive
 SECOND_KINDS: dict[str, Kind] = {
     "integer": Kind("integer", st.integers(-3, 3).map(str), "", ""),
     "varchar": Kind("varchar(10)", st.text(TEXT_CHARS, max_size=2), "", ""),
@@ -143,6 +185,7 @@ class Round:
     gap: int
     inserts: list[tuple[str | None, str]]  # (c2, v)
     updates: list[tuple[int, str | None, str]]  # (index into the current keys, c2, v)
+    wide: list[int] = field(default_factory=list)  # rows inserted this % of the budget wide
 
 
 @dataclass
@@ -187,6 +230,17 @@ class Scenario:
     rows: list[tuple[str | None, str | None, str]]  # (c1, c2, v) per key
     rounds: list[Round] = field(default_factory=list)
     bulk: Bulk | None = None
+    key_type: str = "integer"  # of the id column
+    collation: str = ""  # of the k2 column (composite keys)
+    # Rows committed after each of the first syncs at its last delivered cursor value, with
+    # keys below every other (issue 8, item 1).
+    boundary: list[int] = field(default_factory=list)
+
+
+def case_variants(text: str) -> list[str]:
+    """Every spelling of ``text`` with each character in lower or upper case (at most 8)."""
+    choices = [sorted({c.lower(), c.upper()}) for c in text]
+    return ["".join(p) for p in itertools.islice(itertools.product(*choices), 8)]
 
 
 @st.composite
@@ -197,8 +251,17 @@ def scenarios(draw: st.DrawFn, *, bulk: bool = False) -> Scenario:
     kind = LEAD_KINDS[lead]
     second = draw(st.none() | st.sampled_from(sorted(SECOND_KINDS)))
     composite_key = draw(st.booleans())
+    # Keys that differ only in case (every case variant of a text, same cursor values), paged
+    # with limits below the size of such a group (issue 8, item 5).
+    case_twins = not bulk and composite_key and draw(st.booleans())
     # Bulk: mostly more than the 1,000 rows of a first page, so a first invocation reads two.
-    limit = draw((st.integers(1001, 5000) | st.integers(100, 5000)) if bulk else st.integers(1, 50))
+    limit = draw(
+        (st.integers(1001, 5000) | st.integers(100, 5000))
+        if bulk
+        else st.integers(1, 8)
+        if case_twins
+        else st.integers(1, 50)
+    )
     pool = draw(st.lists(kind.values, min_size=1, max_size=4, unique=True))  # heavy ties
     second_pool = (
         draw(st.lists(SECOND_KINDS[second].values, min_size=1, max_size=3, unique=True))
@@ -211,15 +274,24 @@ def scenarios(draw: st.DrawFn, *, bulk: bool = False) -> Scenario:
     count = 0 if bulk else draw(st.integers(0, min(MAX_ROWS, 6 * limit + 6)))
     keys: list[tuple[Any, ...]] = []
     if composite_key:  # few distinct first parts, short unicode second parts: ties in the key
-        for i, text in enumerate(
-            draw(st.lists(st.text(TEXT_CHARS, max_size=3), min_size=count, max_size=count))
-        ):
+        key_text = st.text(TEXT_CHARS | st.sampled_from("aAbBßǅ"), max_size=3)
+        for i, text in enumerate(draw(st.lists(key_text, min_size=count, max_size=count))):
             key = (i % 3, text)
             keys.append(key if key not in keys else (i % 3, f"{text}{i}"))
     else:
         first, step = draw(st.integers(-1000, 1000)), draw(st.integers(1, 5))
         keys = [(first + i * step,) for i in range(count)]
+    twin_of: dict[int, int] = {}  # index of a key -> index of the key it is a case twin of
+    if case_twins:  # distinct keys under a case-sensitive collation, equal if case is ignored
+        for original, (first, text) in enumerate(list(keys)):
+            for variant in case_variants(text):
+                twin = (first, variant)
+                if twin not in keys and len(keys) < MAX_ROWS:
+                    twin_of[len(keys)] = original
+                    keys.append(twin)
     rows = [draw(st.tuples(lead_value, second_value, TEXT_VALUE)) for _ in keys]
+    for twin, original in twin_of.items():  # same cursor values: only the key's case differs
+        rows[twin] = (*rows[original][:2], rows[twin][2])
     write = st.tuples(second_value, TEXT_VALUE)
     rounds = draw(
         st.lists(
@@ -230,6 +302,7 @@ def scenarios(draw: st.DrawFn, *, bulk: bool = False) -> Scenario:
                 updates=st.lists(
                     st.tuples(st.integers(0, 10**6), second_value, TEXT_VALUE), max_size=3
                 ),
+                wide=st.lists(st.integers(1, 30), max_size=2),
             ),
             max_size=3,
         )
@@ -264,6 +337,9 @@ def scenarios(draw: st.DrawFn, *, bulk: bool = False) -> Scenario:
         rows=rows,
         rounds=rounds,
         bulk=many,
+        key_type=draw(st.sampled_from(KEY_TYPES)),
+        collation=draw(st.sampled_from(COLLATIONS)) if composite_key else "",
+        boundary=draw(st.lists(st.integers(1, 3), max_size=2)),
     )
 
 
@@ -281,7 +357,21 @@ def admin(pg: Any) -> Iterator[pg8000.native.Connection]:
 
 
 @pytest.fixture(scope="module")
-def prop_table(admin: pg8000.native.Connection) -> Iterator[str]:
+def domains(admin: pg8000.native.Connection) -> Iterator[None]:
+    """The domains of DOMAINS (and whether ICU collations exist, in ICU_AVAILABLE)."""
+    for name, base in DOMAINS:
+        admin.run(f"CREATE DOMAIN {name} AS {base}")
+    ICU_AVAILABLE.append(bool(admin.run("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'")))
+    yield
+    for name, _ in reversed(DOMAINS):
+        admin.run(f"DROP DOMAIN IF EXISTS {name} CASCADE")
+
+
+ICU_AVAILABLE: list[bool] = []
+
+
+@pytest.fixture(scope="module")
+def prop_table(admin: pg8000.native.Connection, domains: None) -> Iterator[str]:
     name = f"t_property_{secrets.token_hex(3)}"
     yield name
     admin.run(f"DROP TABLE IF EXISTS {name}")
@@ -293,9 +383,10 @@ def key_columns(s: Scenario) -> list[str]:
 
 def create_table(con: pg8000.native.Connection, table: str, s: Scenario) -> None:
     kind = LEAD_KINDS[s.lead]
-    columns = ["id integer"]
+    columns = [f"id {s.key_type}"]
     if s.composite_key:
-        columns.append("k2 varchar(12)")
+        collation = s.collation if "icu" not in s.collation or ICU_AVAILABLE[-1] else ""
+        columns.append(f"k2 varchar(12){collation}")
     columns += [f"c1 {kind.sql}", f"c2 {SECOND_KINDS[s.second].sql if s.second else 'integer'}"]
     columns.append("v text")
     if s.declared_key:
@@ -315,7 +406,7 @@ def insert_rows(
     kind = LEAD_KINDS[s.lead]
     c2_sql = SECOND_KINDS[s.second].sql if s.second else "integer"
     names = [*key_columns(s), "c1", "c2", "v"]
-    types = [*["integer", "varchar(12)"][: len(key_columns(s))], kind.sql, c2_sql, "text"]
+    types = [*[s.key_type, "varchar(12)"][: len(key_columns(s))], kind.sql, c2_sql, "text"]
     params: dict[str, Any] = {}
     tuples = []
     for i, row in enumerate(rows):
@@ -332,8 +423,14 @@ def apply_round(
 ) -> None:
     """One round of writes, all at one new highest leading cursor value (ties among them)."""
     kind = LEAD_KINDS[s.lead]
-    top = con.run(f"SELECT CAST({kind.bump.format(m='max(c1)')} AS text) FROM {table}")[0][0]
-    value = kind.base if top is None else top
+    if kind.succ is not None:
+        top = con.run(
+            f"SELECT CAST(c1 AS text) FROM {table} WHERE c1 IS NOT NULL ORDER BY c1 DESC LIMIT 1"
+        )
+        value = kind.succ(top[0][0]) if top else kind.base
+    else:
+        top = con.run(f"SELECT CAST({kind.bump.format(m='max(c1)')} AS text) FROM {table}")
+        value = kind.base if top[0][0] is None else top[0][0]
     names = key_columns(s)
     ordered = ", ".join(names)
     keys = [tuple(r) for r in con.run(f"SELECT {ordered} FROM {table} ORDER BY {ordered}")]
@@ -355,8 +452,38 @@ def apply_round(
     for n, (c2, v) in enumerate(write.inserts):
         key = (10_000 + serial * 10 + n, "new")[: len(names)]
         new.append((*key, value, c2, v))
+    for n, percent in enumerate(write.wide):  # far wider than the rows before: rows widen
+        key = (15_000 + serial * 10 + n, "wide")[: len(names)]
+        new.append((*key, value, None, "w" * (s.max_response_bytes * percent // 100)))
     if new:
         insert_rows(con, table, s, new)
+
+
+def position_text(kind: Kind, value: Any) -> str | None:
+    """The server's text of a delivered cursor value (bytea arrives as base64)."""
+    if value is None:
+        return None
+    if kind.sql == "bytea":
+        return "\\x" + base64.b64decode(value).hex()
+    return str(value)
+
+
+def insert_at_boundary(
+    con: pg8000.native.Connection,
+    table: str,
+    s: Scenario,
+    last: dict[str, Any],
+    count: int,
+    serial: int,
+) -> None:
+    """Rows committed after a sync at its last delivered (c1, c2), with keys below all others."""
+    c1 = position_text(LEAD_KINDS[s.lead], last["c1"])
+    c2 = None if last["c2"] is None else str(last["c2"])
+    rows = []
+    for n in range(count):
+        key = (-1_000_000 - serial * 10 - n, f"b{n}")[: len(key_columns(s))]
+        rows.append((*key, c1, c2, f"boundary {serial}.{n}"))
+    insert_rows(con, table, s, rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +497,10 @@ def delivered_as_python(value: Any, expected: Any) -> Any:
     """The delivered JSON value as the Python value pg8000 gives for the same column."""
     if value is None or isinstance(expected, int | str):
         return value
+    if isinstance(expected, bytes):
+        return base64.b64decode(value, validate=True)
+    if isinstance(expected, uuid.UUID):
+        return uuid.UUID(value)
     assert isinstance(value, str), f"expected a JSON string for {type(expected).__name__}"
     if isinstance(expected, Decimal):
         return value  # compared with str(expected): the exact digits, scale included
@@ -449,6 +580,8 @@ def sync_and_compare(pg: Any, con: pg8000.native.Connection, table: str, s: Scen
     seen: list[tuple[Any, ...]] = []  # keys delivered in the current sync
     first_write_in_sync: int | None = None
     byte_cut = False
+    boundary = list(s.boundary)
+    last_row: dict[str, Any] | None = None  # the last row delivered
     while True:
         assert calls < MAX_CALLS, "the syncs did not end"
         response = lf.lambda_handler({"state": state, "secrets": secrets_}, None)
@@ -461,6 +594,7 @@ def sync_and_compare(pg: Any, con: pg8000.native.Connection, table: str, s: Scen
             key = tuple(row[k] for k in names)
             destination[key] = row  # Fivetran upserts by the declared primary key
             seen.append(key)
+            last_row = row
         state = response["state"]
         if next_write is not None and calls >= next_write:
             serial += 1
@@ -473,6 +607,12 @@ def sync_and_compare(pg: Any, con: pg8000.native.Connection, table: str, s: Scen
             if first_write_in_sync in (None, calls):
                 # The table did not change during this sync: nothing was delivered twice.
                 assert len(seen) == len(set(seen)), "a row was delivered twice in one sync"
+            if boundary and last_row is not None and last_row["c1"] is not None:
+                # A writer commits at the last delivered cursor value: the next sync must
+                # deliver these rows (it resumes inclusively at that value).
+                serial += 1
+                insert_at_boundary(con, table, s, last_row, boundary.pop(0), serial)
+                last_write = calls
             if next_write is None and sync_start >= last_write:
                 break  # this sync began after the last write: the destination is current
             sync_start, seen, first_write_in_sync = calls, [], None
