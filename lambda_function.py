@@ -6,8 +6,9 @@ as Fivetran's JSON response (``state``, ``insert``, ``schema``, ``hasMore``). La
 up only new and changed rows. See README.md for the settings and how paging works.
 
 The file is laid out top to bottom: constants, errors, names, configuration, state, SQL
-building, value encoding, batch assembly, database I/O, the core read, the Lambda handler,
-the command line. Everything above "Database I/O" is pure.
+building, value encoding, batch assembly, credentials (auth=iam), database I/O, the core read,
+the Lambda handler, the command line. Everything above "Database I/O" is pure, except the one
+AWS call in "Credentials" (fetch_iam_credentials).
 """
 
 from __future__ import annotations
@@ -101,6 +102,13 @@ SETTINGS: dict[str, str] = {
     "connect_timeout_s": "seconds to wait for a connection",
     "statement_timeout_s": "upper bound on one query's seconds",
     "lookback": "how far back each new sync starts (time cursors)",
+    "auth": "password or iam (temporary credentials for the function's IAM role)",
+    "cluster_identifier": "provisioned cluster's identifier (auth=iam)",
+    "workgroup": "Redshift Serverless workgroup name (auth=iam)",
+    "db_user": "database user for GetClusterCredentials (auth=iam, provisioned)",
+    "db_groups": "comma-separated database groups db_user joins for the session",
+    "auto_create": "true or false: create db_user if it does not exist",
+    "region": "AWS region of the cluster or workgroup (auth=iam)",
 }
 
 logger = logging.getLogger("redshift_lambda")
@@ -330,6 +338,7 @@ class Config:
     connect_timeout_s: float
     statement_timeout_s: float | None
     lookback_s: int
+    auth: AuthConfig | None = None  # None: log in with user and password
 
 
 def _text_setting(secrets: Mapping[str, Any], key: str, *, required: bool) -> str | None:
@@ -420,14 +429,15 @@ def parse_config(secrets: Any) -> Config:
     host_text = _text_setting(secrets, "host", required=True)
     assert host_text is not None
     host = parse_host(host_text)
+    auth = parse_auth(secrets, host)
     dbname = _text_setting(secrets, "dbname", required=False)
     database = _text_setting(secrets, "database", required=False)
     if dbname and database and dbname != database:
         raise ConfigurationError("settings 'dbname' and 'database' disagree; set only one of them")
     if not (dbname or database):
         raise ConfigurationError("setting 'dbname' is missing; expected the database name")
-    user = _text_setting(secrets, "user", required=True)
-    password = _text_setting(secrets, "password", required=True)
+    user = _text_setting(secrets, "user", required=auth is None)
+    password = _text_setting(secrets, "password", required=auth is None)
 
     table_text = _text_setting(secrets, "table", required=True)
     assert table_text is not None
@@ -467,8 +477,8 @@ def parse_config(secrets: Any) -> Config:
         host=str(host),
         port=_int_setting(secrets, "port", DEFAULT_PORT, 1, 65535),
         database=str(dbname or database),
-        user=str(user),
-        password=str(password),
+        user=str(user or ""),
+        password=str(password or ""),
         table=table,
         cursor=cursor,
         primary_key=primary_key,
@@ -487,6 +497,7 @@ def parse_config(secrets: Any) -> Config:
         or DEFAULT_CONNECT_TIMEOUT_S,
         statement_timeout_s=_seconds_setting(secrets, "statement_timeout_s", None),
         lookback_s=parse_duration_s(secrets.get("lookback"), "lookback"),
+        auth=auth,
     )
     if config.sslrootcert is not None:  # fail now, before any connection, if the PEM does not load
         ssl_context(replace(config, sslmode=DEFAULT_SSLMODE))
@@ -1254,6 +1265,399 @@ def _row_too_large(plan: TablePlan, config: Config) -> RowTooLargeError:
 
 
 # ---------------------------------------------------------------------------------------------
+# Credentials: auth=iam, temporary database credentials for the function's own IAM role
+# ---------------------------------------------------------------------------------------------
+
+AUTH_MODES = ("password", "iam")
+IAM_ONLY_SETTINGS = ("cluster_identifier", "workgroup", "db_user", "db_groups", "auto_create")
+MIN_CREDENTIALS_S, MAX_CREDENTIALS_S = 900, 3600  # DurationSeconds bounds of the AWS APIs
+CREDENTIALS_MARGIN_S = 60  # valid a little longer than the invocation can run
+AWS_API_TIMEOUT_S = 10.0
+AWS_API_ATTEMPTS = 3
+# Tests only: where boto3 sends the credentials calls instead of AWS (a local stand-in). An
+# environment variable of the function, never a setting, so a request cannot redirect it.
+AWS_ENDPOINT_URL_ENV = "REDSHIFT_LAMBDA_AWS_ENDPOINT_URL"
+
+_REGION_PART = r"(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]+)"
+# <cluster>.<id>.<region>.redshift.amazonaws.com, and <workgroup>.<account>.<region>.
+# redshift-serverless.amazonaws.com (.com.cn in China).
+_PROVISIONED_HOST = re.compile(
+    r"(?P<name>[a-z][a-z0-9-]*)\.[a-z0-9]+\."
+    + _REGION_PART
+    + r"\.redshift\.amazonaws\.com(?:\.cn)?"
+)
+_SERVERLESS_HOST = re.compile(
+    r"(?P<name>[a-z0-9-]+)\.[0-9]{12}\."
+    + _REGION_PART
+    + r"\.redshift-serverless\.amazonaws\.com(?:\.cn)?"
+)
+_REGION = re.compile(_REGION_PART)
+_CLUSTER_IDENTIFIER = re.compile(r"[a-z](?:-?[a-z0-9])*")  # no "--", no trailing "-"
+_WORKGROUP = re.compile(r"[a-z0-9-]{3,64}")
+_DB_USER_OR_GROUP = re.compile(r"[A-Za-z][A-Za-z0-9_+.@-]{0,63}")
+_ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b")
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9/+=]{40,}")
+
+
+class CredentialsError(SourceError):
+    """AWS did not give temporary database credentials (auth=iam)."""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """auth=iam: which AWS call gives the temporary database credentials, for what."""
+
+    region: str
+    cluster_identifier: str | None = None  # a provisioned cluster
+    workgroup: str | None = None  # Redshift Serverless (GetCredentials)
+    db_user: str | None = None  # GetClusterCredentials; None: GetClusterCredentialsWithIAM
+    db_groups: tuple[str, ...] = ()
+    auto_create: bool = False
+
+    @property
+    def api_call(self) -> str:
+        if self.workgroup is not None:
+            return "redshift-serverless:GetCredentials"
+        if self.db_user is not None:
+            return "redshift:GetClusterCredentials"
+        return "redshift:GetClusterCredentialsWithIAM"
+
+
+def _given(secrets: Mapping[str, Any], key: str) -> bool:
+    value = secrets.get(key)
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def _auto_create_setting(secrets: Mapping[str, Any]) -> bool:
+    value = secrets.get("auto_create")
+    if not _given(secrets, "auto_create"):
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigurationError("setting 'auto_create' must be true or false")
+
+
+def parse_auth(
+    secrets: Mapping[str, Any], host: str, environ: Mapping[str, str] | None = None
+) -> AuthConfig | None:
+    """The auth=iam settings, validated; None for auth=password (the default)."""
+    environ = os.environ if environ is None else environ
+    mode = (_text_setting(secrets, "auth", required=False) or "password").lower()
+    if mode not in AUTH_MODES:
+        raise ConfigurationError(
+            "setting 'auth' must be password (user and password in the settings) or iam "
+            "(temporary credentials for the function's IAM role)"
+        )
+    if mode == "password":
+        extra = [k for k in (*IAM_ONLY_SETTINGS, "region") if _given(secrets, k)]
+        if extra:
+            raise ConfigurationError(
+                f"setting(s) {', '.join(extra)} apply only with auth=iam; set auth=iam or "
+                "remove them"
+            )
+        return None
+    if _given(secrets, "password"):
+        raise ConfigurationError(
+            "setting 'password' is not used with auth=iam (each invocation gets a temporary "
+            "password from AWS); remove it"
+        )
+    if _given(secrets, "user"):
+        raise ConfigurationError(
+            "setting 'user' is not used with auth=iam; set db_user to log in as that database "
+            "user (GetClusterCredentials), or leave both out to log in as the function's IAM "
+            "role (GetClusterCredentialsWithIAM, or GetCredentials on Serverless)"
+        )
+    sslmode = (_text_setting(secrets, "sslmode", required=False) or DEFAULT_SSLMODE).lower()
+    if sslmode == "disable":
+        raise ConfigurationError(
+            "setting 'sslmode' cannot be disable with auth=iam: Redshift accepts IAM "
+            "credentials only over TLS; use verify-full (the default) or require"
+        )
+
+    cluster = _text_setting(secrets, "cluster_identifier", required=False)
+    workgroup = _text_setting(secrets, "workgroup", required=False)
+    if cluster and workgroup:
+        raise ConfigurationError(
+            "settings 'cluster_identifier' and 'workgroup' exclude each other; set "
+            "cluster_identifier for a provisioned cluster or workgroup for Redshift Serverless"
+        )
+    name = host.lower().rstrip(".")
+    from_host = _PROVISIONED_HOST.fullmatch(name) or _SERVERLESS_HOST.fullmatch(name)
+    if cluster is None and workgroup is None:
+        if from_host is None:
+            raise ConfigurationError(
+                "setting 'cluster_identifier' is missing and cannot be read from 'host' (not "
+                "an endpoint name like <cluster>.<id>.<region>.redshift.amazonaws.com); set "
+                "cluster_identifier for a provisioned cluster, or workgroup for Redshift "
+                "Serverless"
+            )
+        if from_host.re is _PROVISIONED_HOST:
+            cluster = from_host["name"]
+        else:
+            workgroup = from_host["name"]
+    if cluster is not None:
+        cluster = cluster.lower()
+        if len(cluster) > 63 or not _CLUSTER_IDENTIFIER.fullmatch(cluster):
+            raise ConfigurationError(
+                "setting 'cluster_identifier' must be a cluster identifier: 1 to 63 letters, "
+                "digits and hyphens, starting with a letter, without two hyphens in a row or "
+                "one at the end"
+            )
+    if workgroup is not None:
+        workgroup = workgroup.lower()
+        if not _WORKGROUP.fullmatch(workgroup):
+            raise ConfigurationError(
+                "setting 'workgroup' must be a workgroup name: 3 to 64 lower-case letters, "
+                "digits and hyphens"
+            )
+
+    region = _text_setting(secrets, "region", required=False)
+    source = ""
+    if region is None and from_host is not None:
+        region, source = from_host["region"], " (from 'host')"
+    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if region is None and environ.get(variable):
+            region, source = environ[variable], f" (from {variable})"
+    if region is None:
+        raise ConfigurationError(
+            "setting 'region' is missing: 'host' does not name the region and neither "
+            "AWS_REGION nor AWS_DEFAULT_REGION is set; expected an AWS region like us-east-1"
+        )
+    region = region.strip().lower()
+    if not _REGION.fullmatch(region):
+        raise ConfigurationError(
+            f"setting 'region'{source} is not an AWS region; expected a region like us-east-1"
+        )
+
+    db_user = _text_setting(secrets, "db_user", required=False)
+    groups_text = _text_setting(secrets, "db_groups", required=False)
+    auto_create = _auto_create_setting(secrets)
+    if workgroup is not None or db_user is None:
+        extra = [k for k in ("db_user", "db_groups", "auto_create") if _given(secrets, k)]
+        if extra:
+            reason = (
+                "Redshift Serverless maps the function's IAM role to the database user "
+                "IAMR:<role name> (GetCredentials takes no user, groups or auto_create)"
+                if workgroup is not None
+                else "without db_user the function logs in as its IAM role "
+                "(GetClusterCredentialsWithIAM), which takes no groups and always creates "
+                "the user"
+            )
+            raise ConfigurationError(
+                f"setting(s) {', '.join(extra)} cannot be used here: {reason}; remove them"
+                + ("" if workgroup is not None else ", or set db_user")
+            )
+    if db_user is not None and (
+        not _DB_USER_OR_GROUP.fullmatch(db_user) or db_user.lower() == "public"
+    ):
+        raise ConfigurationError(
+            "setting 'db_user' must be a database user name: 1 to 64 letters, digits or "
+            "_ + . @ -, starting with a letter (not PUBLIC)"
+        )
+    groups: tuple[str, ...] = ()
+    if groups_text is not None:
+        groups = tuple(g.strip() for g in groups_text.split(","))
+        if not all(_DB_USER_OR_GROUP.fullmatch(g) for g in groups):
+            raise ConfigurationError(
+                "setting 'db_groups' must be a comma-separated list of database group names "
+                "like readers, analysts (each 1 to 64 letters, digits or _ + . @ -, starting "
+                "with a letter)"
+            )
+        if len({g.lower() for g in groups}) != len(groups):
+            raise ConfigurationError("setting 'db_groups' names a group twice")
+    return AuthConfig(region, cluster, workgroup, db_user, groups, auto_create)
+
+
+def credentials_duration_s(time_left_s: float) -> int:
+    """DurationSeconds that covers the rest of the invocation, within the APIs' bounds."""
+    wanted = math.ceil(max(0.0, time_left_s)) + CREDENTIALS_MARGIN_S
+    return max(MIN_CREDENTIALS_S, min(MAX_CREDENTIALS_S, wanted))
+
+
+def _partition(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    return "aws-us-gov" if region.startswith("us-gov-") else "aws"
+
+
+def iam_grant_hint(auth: AuthConfig, database: str) -> str:
+    """The least-privilege grant that the credentials call needs, as ARNs."""
+    prefix = f"arn:{_partition(auth.region)}"
+    if auth.workgroup is not None:
+        return (
+            f"redshift-serverless:GetCredentials on the workgroup's ARN, {prefix}:"
+            f"redshift-serverless:{auth.region}:<account>:workgroup/<workgroup id> (aws "
+            f"redshift-serverless get-workgroup --workgroup-name {auth.workgroup} shows it)"
+        )
+    arn = f"{prefix}:redshift:{auth.region}:<account>:"
+    cluster = auth.cluster_identifier
+    if auth.db_user is None:
+        return f"redshift:GetClusterCredentialsWithIAM on {arn}dbname:{cluster}/{database}"
+    hint = (
+        f"redshift:GetClusterCredentials on {arn}dbuser:{cluster}/{auth.db_user} and "
+        f"{arn}dbname:{cluster}/{database}"
+    )
+    if auth.auto_create:
+        hint += f", redshift:CreateClusterUser on {arn}dbuser:{cluster}/{auth.db_user}"
+    if auth.db_groups:
+        groups = ", ".join(f"{arn}dbgroup:{cluster}/{g}" for g in auth.db_groups)
+        hint += f", redshift:JoinGroup on {groups}"
+    return hint
+
+
+def _scrub(text: str) -> str:
+    """An AWS error message without anything that looks like a key or a token, shortened."""
+    text = _LONG_TOKEN.sub("...", _ACCESS_KEY_ID.sub("<access key id>", text))
+    return text if len(text) <= 400 else text[:400] + "..."
+
+
+_ACCESS_DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
+_NOT_FOUND_CODES = {"ClusterNotFound", "ClusterNotFoundFault", "ResourceNotFoundException"}
+_THROTTLED_CODES = {
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+}
+_CALLER_CODES = {
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "SignatureDoesNotMatch",
+    "InvalidSignatureException",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "ExpiredToken",
+    "ExpiredTokenException",
+}
+
+
+def aws_error(code: str, message: str, auth: AuthConfig, database: str) -> CredentialsError:
+    """Translate an AWS error answer into a message a user can act on, without secrets."""
+    call = auth.api_call
+    if code in _ACCESS_DENIED_CODES:
+        return CredentialsError(
+            f"{call} was denied ({code}: {_scrub(message)}); grant the function's execution "
+            f"role {iam_grant_hint(auth, database)}"
+        )
+    if code in _NOT_FOUND_CODES:
+        setting, name = (
+            ("workgroup", auth.workgroup)
+            if auth.workgroup is not None
+            else ("cluster_identifier", auth.cluster_identifier)
+        )
+        return CredentialsError(
+            f"{call}: {setting.replace('_identifier', '')} '{name}' was not found in region "
+            f"{auth.region} ({code}); check the settings '{setting}' and 'region'"
+        )
+    if code in _THROTTLED_CODES:
+        return CredentialsError(
+            f"{call}: AWS throttled the request ({code}), also when retried; the next "
+            "invocation tries again"
+        )
+    if code in _CALLER_CODES:
+        return CredentialsError(
+            f"{call}: AWS did not accept the function's own AWS credentials ({code}); in "
+            "Lambda they come from its execution role, locally from the AWS profile or "
+            "AWS_ACCESS_KEY_ID"
+        )
+    return CredentialsError(f"{call} failed ({code}: {_scrub(message)})")
+
+
+def fetch_iam_credentials(auth: AuthConfig, database: str, time_left_s: float) -> tuple[str, str]:
+    """Ask AWS for a temporary database user name and password (the only AWS call)."""
+    try:  # the Lambda runtime provides boto3; it is not in the zip, and auth=password needs none
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+    except ImportError:
+        raise CredentialsError(
+            "auth=iam needs boto3, which the AWS Lambda Python runtime provides; to run the "
+            "function elsewhere, pip install boto3"
+        ) from None
+    call = auth.api_call
+    service = call.split(":")[0]
+    duration_s = credentials_duration_s(time_left_s)
+    timeout_s = max(1.0, min(AWS_API_TIMEOUT_S, time_left_s / (2 * AWS_API_ATTEMPTS)))
+    client_config = botocore.config.Config(
+        connect_timeout=timeout_s,
+        read_timeout=timeout_s,
+        retries={"mode": "standard", "total_max_attempts": AWS_API_ATTEMPTS},
+        user_agent_extra=f"{APPLICATION_NAME}/{__version__}",
+    )
+    errors = botocore.exceptions
+    try:
+        client = boto3.session.Session().client(
+            service,
+            region_name=auth.region,
+            endpoint_url=os.environ.get(AWS_ENDPOINT_URL_ENV) or None,
+            config=client_config,
+        )
+        if auth.workgroup is not None:
+            answer = client.get_credentials(
+                workgroupName=auth.workgroup, dbName=database, durationSeconds=duration_s
+            )
+            user, password = answer.get("dbUser"), answer.get("dbPassword")
+        elif auth.db_user is not None:
+            params: dict[str, Any] = {
+                "DbUser": auth.db_user,
+                "DbName": database,
+                "ClusterIdentifier": auth.cluster_identifier,
+                "DurationSeconds": duration_s,
+                "AutoCreate": auth.auto_create,
+            }
+            if auth.db_groups:
+                params["DbGroups"] = list(auth.db_groups)
+            answer = client.get_cluster_credentials(**params)
+            user, password = answer.get("DbUser"), answer.get("DbPassword")
+        else:
+            answer = client.get_cluster_credentials_with_iam(
+                DbName=database,
+                ClusterIdentifier=auth.cluster_identifier,
+                DurationSeconds=duration_s,
+            )
+            user, password = answer.get("DbUser"), answer.get("DbPassword")
+    except errors.ClientError as e:
+        error = e.response.get("Error") or {}
+        code, message = str(error.get("Code") or "unknown"), str(error.get("Message") or "")
+        raise aws_error(code, message, auth, database) from None
+    except (errors.ConnectionError, errors.HTTPClientError) as e:
+        raise CredentialsError(
+            f"{call}: cannot reach the {service} API in {auth.region} ({type(e).__name__}); "
+            "a function in a VPC has no internet access: give its subnets a NAT gateway or an "
+            f"interface VPC endpoint for com.amazonaws.{auth.region}.{service}"
+        ) from None
+    except (
+        errors.NoCredentialsError,
+        errors.PartialCredentialsError,
+        errors.CredentialRetrievalError,
+    ) as e:
+        raise CredentialsError(
+            f"{call}: no AWS credentials found ({type(e).__name__}); in Lambda they come from "
+            "the execution role, locally from the AWS profile or AWS_ACCESS_KEY_ID"
+        ) from None
+    except errors.BotoCoreError as e:
+        raise CredentialsError(f"{call} failed in the AWS SDK ({type(e).__name__})") from None
+    if not (isinstance(user, str) and user and isinstance(password, str) and password):
+        raise CredentialsError(f"{call}: AWS answered without a database user and password")
+    logger.info(
+        "auth=iam: %s gave temporary credentials for database user %s (valid %d s)",
+        call,
+        user,
+        duration_s,
+    )
+    return user, password
+
+
+def login_credentials(config: Config, deadline: float) -> tuple[str, str]:
+    """The user name and password to log in with: the settings', or temporary ones from AWS."""
+    if config.auth is None:
+        return config.user, config.password
+    return fetch_iam_credentials(config.auth, config.database, deadline - time.monotonic())
+
+
+# ---------------------------------------------------------------------------------------------
 # Database I/O
 # ---------------------------------------------------------------------------------------------
 
@@ -1280,10 +1684,16 @@ def _source_error(exc: BaseException, config: Config, action: str) -> ConnectorE
                 code,
             )
         if code == "28P01":
+            hint = (
+                "check 'user' and 'password' (pg8000 needs an MD5 password on Redshift, not "
+                "SHA-256)"
+                if config.auth is None
+                else "the database refused the temporary IAM credentials: does the user exist "
+                "(or set auto_create=true)?"
+            )
             return SourceError(
                 f"{action}: authentication failed for user {shown(config.user)} at {where}; "
-                "check 'user' and 'password' (pg8000 needs an MD5 password on Redshift, not "
-                f"SHA-256) (SQLSTATE {code})",
+                f"{hint} (SQLSTATE {code})",
                 code,
             )
         if code == "42501":
@@ -1529,7 +1939,9 @@ class Source:
         return left_ms
 
     def __enter__(self) -> Source:
-        config = self.config
+        self._time_left_or_fail()
+        user, password = login_credentials(self.config, self.deadline)  # auth=iam: from AWS
+        config = self.config = replace(self.config, user=user, password=password)
         timeout_s = min(config.connect_timeout_s, self._time_left_or_fail() / 1000)
         sock = None
         try:
@@ -1718,7 +2130,7 @@ def load_plan(source: Source, config: Config) -> TablePlan:
     if chosen is None:
         raise ConfigurationError(
             f"setting 'table': {wanted} was not found in database {shown(config.database)} or "
-            f"user {shown(config.user)} cannot see it; expected an existing table or view"
+            f"user {shown(source.config.user)} cannot see it; expected an existing table or view"
             + ("" if len(config.table) == 2 else " on the search_path (or write schema.table)")
         )
     schema, name = chosen

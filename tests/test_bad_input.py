@@ -215,6 +215,27 @@ CASES = [
       r"starting with -----BEGIN CERTIFICATE-----$", "sslrootcert-not-pem"),
     p(s(sslrootcert=PEM_GARBAGE, sslmode="verify-full"), Cfg,
       r"^setting 'sslrootcert' could not be loaded as PEM CA", "sslrootcert-garbage"),
+    # -- auth=iam (validated before anything connects or calls AWS) -------------------------
+    p(s(auth="token"), Cfg, r"^setting 'auth' must be password \(user and password in the "
+      r"settings\) or iam", "auth-unknown"),
+    p(s(db_user="alice"), Cfg, r"^setting\(s\) db_user apply only with auth=iam; set auth=iam "
+      r"or remove them$", "iam-setting-with-password-auth"),
+    p(s(auth="iam", user=None), Cfg, r"^setting 'password' is not used with auth=iam \(each "
+      r"invocation gets a temporary password from AWS\); remove it$", "iam-with-password"),
+    p(s(auth="iam", password=None), Cfg, r"^setting 'user' is not used with auth=iam; set "
+      r"db_user", "iam-with-user"),
+    p(s(auth="iam", user=None, password=None, cluster_identifier="c1", region="us-east-1"), Cfg,
+      r"^setting 'sslmode' cannot be disable with auth=iam: Redshift accepts IAM credentials "
+      r"only over TLS", "iam-sslmode-disable"),
+    p(s(auth="iam", user=None, password=None, sslmode="require"), Cfg,
+      r"^setting 'cluster_identifier' is missing and cannot be read from 'host'",
+      "iam-no-cluster"),
+    p(s(auth="iam", user=None, password=None, sslmode="require", cluster_identifier="c1",
+        region="us-east-1", db_user="alice", auto_create="maybe"), Cfg,
+      r"^setting 'auto_create' must be true or false$", "iam-auto_create-maybe"),
+    p(s(auth="iam", user=None, password=None, sslmode="require", workgroup="wg-1",
+        region="us-east-1", db_groups="readers"), Cfg, r"^setting\(s\) db_groups cannot be "
+      r"used here: Redshift Serverless maps the function's IAM role", "iam-serverless-groups"),
     # -- names ---------------------------------------------------------------------------
     p(s(table="a" * 128), Cfg, r"^table: a name is 128 bytes long; Redshift allows at most 127",
       "table-128-bytes"),

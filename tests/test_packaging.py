@@ -96,6 +96,9 @@ def test_build_is_reproducible_and_small(built_zip: Path) -> None:
             assert not name.endswith((".pyc", ".pyo")), name
             assert parts[0] not in {"tests", "bin"}, name
             assert "tests" not in parts, name
+            # auth=iam imports boto3 lazily: the Lambda runtime provides it, a bundled copy
+            # would only shadow the runtime's (and grow the zip by megabytes).
+            assert not parts[0].startswith(("boto3", "botocore", "s3transfer", "jmespath")), name
         # Nothing but lambda_function.py and the files the wheels installed.
         files = {n for n in names if not n.endswith("/")}
         assert files - {"lambda_function.py"} <= _record_paths(zf)
