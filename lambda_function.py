@@ -17,6 +17,7 @@ import base64
 import bisect
 import contextlib
 import contextvars
+import fnmatch
 import gc
 import ipaddress
 import itertools
@@ -68,7 +69,8 @@ READ_BYTES_SLACK = 65_536
 LOCAL_RUN_TIME_MS = 900_000  # time assumed when there is no Lambda context (local runs)
 TIME_MARGIN_MAX_MS = 15_000  # kept free at the end of an invocation to return cleanly
 MIN_TIME_LEFT_MS = 3_000  # below this an invocation refuses to start a query
-STATE_VERSION = 1
+MIN_ROOM_BYTES = 2_000  # a table is served only with at least this much room left for rows
+STATE_VERSION = 2
 MAX_IDENTIFIER_BYTES = 127  # Redshift's limit
 MAX_SHOWN_CHARS = 60  # a bad setting's value is echoed at most this long, escaped
 FIRST_USER_OID = 16_384  # PostgreSQL's FirstNormalObjectId: built-in types have smaller OIDs
@@ -91,9 +93,15 @@ SETTINGS: dict[str, str] = {
     "database": "alias of dbname",
     "user": "database user",
     "password": "password of that user",
-    "table": "table or schema.table to copy",
+    "table": "table or schema.table to copy (one table; or use tables / schema)",
     "cursor": "column(s) that order rows and grow when a row changes",
     "primary_key": "column(s) that identify a row (default: the table's declared key)",
+    "mode": "incremental (with a cursor) or full (re-read each sync, deletes found)",
+    "tables": "JSON array of tables, each with its own cursor, key, mode, destination",
+    "schema": "copy every table of this schema (tables without a cursor: full refresh)",
+    "include": "comma-separated name patterns (*, ?) selecting tables of schema",
+    "exclude": "comma-separated name patterns (*, ?) leaving tables of schema out",
+    "deletes": "soft (default: _fivetran_deleted = true) or hard",
     "limit": "maximum rows per response",
     "max_response_bytes": "byte budget of one serialised response",
     "sslmode": "disable, require, verify-ca or verify-full",
@@ -318,6 +326,41 @@ def display_name(parts: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+MODES = ("incremental", "full")
+DELETE_MODES = ("soft", "hard")
+TABLE_KEYS = ("table", "cursor", "primary_key", "mode", "destination")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table to copy, as configured: full tables have no cursor (they are re-read in key
+    order each sync, and rows gone from the source become deletes)."""
+
+    table: tuple[str, ...]  # (name,) or (schema, name)
+    cursor: tuple[str, ...]
+    primary_key: tuple[str, ...] | None  # None: the table's declared key
+    mode: str
+    destination: str
+
+    @property
+    def name(self) -> str:
+        return display_name(self.table)
+
+
+@dataclass(frozen=True)
+class SchemaSelection:
+    """Every table of a schema whose name matches include and not exclude."""
+
+    schema: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+
+    def selects(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.include) and not any(
+            fnmatch.fnmatchcase(name, p) for p in self.exclude
+        )
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting, parsed and validated."""
@@ -327,14 +370,13 @@ class Config:
     database: str
     user: str
     password: str = field(repr=False)
-    table: tuple[str, ...]  # (name,) or (schema, name)
-    cursor: tuple[str, ...]
-    primary_key: tuple[str, ...] | None
+    tables: tuple[TableSpec, ...]  # configured one by one, in the order they are served
+    selection: SchemaSelection | None  # more tables, found in the catalog
+    deletes: str
     limit: int
     max_response_bytes: int
     sslmode: str
     sslrootcert: str | None = field(repr=False)
-    destination_table: str
     connect_timeout_s: float
     statement_timeout_s: float | None
     lookback_s: int
@@ -439,21 +481,7 @@ def parse_config(secrets: Any) -> Config:
     user = _text_setting(secrets, "user", required=auth is None)
     password = _text_setting(secrets, "password", required=auth is None)
 
-    table_text = _text_setting(secrets, "table", required=True)
-    assert table_text is not None
-    table = parse_identifiers(table_text, ".", "table")
-    if len(table) > 2:
-        raise ConfigurationError(
-            "setting 'table' has more than two parts; expected table or schema.table"
-        )
-    cursor_text = _text_setting(secrets, "cursor", required=True)
-    assert cursor_text is not None
-    cursor = parse_identifiers(cursor_text, ",", "cursor")
-    key_text = _text_setting(secrets, "primary_key", required=False)
-    primary_key = parse_identifiers(key_text, ",", "primary_key") if key_text else None
-    for setting, names in (("cursor", cursor), ("primary_key", primary_key or ())):
-        if len(set(names)) != len(names):
-            raise ConfigurationError(f"setting '{setting}' names a column twice")
+    tables, selection = parse_tables(secrets)
 
     sslmode = (_text_setting(secrets, "sslmode", required=False) or DEFAULT_SSLMODE).lower()
     if sslmode not in SSLMODES:
@@ -470,18 +498,15 @@ def parse_config(secrets: Any) -> Config:
     if sslrootcert is not None:
         sslrootcert = normalize_pem(sslrootcert)
 
-    destination = _text_setting(secrets, "destination_table", required=False) or table[-1]
-    validate_identifier(destination, "destination_table")
-
     config = Config(
         host=str(host),
         port=_int_setting(secrets, "port", DEFAULT_PORT, 1, 65535),
         database=str(dbname or database),
         user=str(user or ""),
         password=str(password or ""),
-        table=table,
-        cursor=cursor,
-        primary_key=primary_key,
+        tables=tables,
+        selection=selection,
+        deletes=_choice_setting(secrets, "deletes", DELETE_MODES),
         limit=_int_setting(secrets, "limit", DEFAULT_LIMIT, 1, 10_000_000),
         max_response_bytes=_int_setting(
             secrets,
@@ -492,7 +517,6 @@ def parse_config(secrets: Any) -> Config:
         ),
         sslmode=sslmode,
         sslrootcert=sslrootcert,
-        destination_table=destination,
         connect_timeout_s=_seconds_setting(secrets, "connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S)
         or DEFAULT_CONNECT_TIMEOUT_S,
         statement_timeout_s=_seconds_setting(secrets, "statement_timeout_s", None),
@@ -502,6 +526,179 @@ def parse_config(secrets: Any) -> Config:
     if config.sslrootcert is not None:  # fail now, before any connection, if the PEM does not load
         ssl_context(replace(config, sslmode=DEFAULT_SSLMODE))
     return config
+
+
+def _choice_setting(secrets: Mapping[str, Any], key: str, choices: Sequence[str]) -> str:
+    """One of ``choices`` (the first is the default), case-insensitively."""
+    value = (_text_setting(secrets, key, required=False) or choices[0]).lower()
+    if value not in choices:
+        raise ConfigurationError(
+            f"setting '{key}' must be one of {', '.join(choices)}, got {shown(value)}"
+        )
+    return value
+
+
+def _table_spec(item: Mapping[str, Any], where: str | None) -> TableSpec:
+    """A TableSpec from one table's settings. ``where`` names the table's place in 'tables'
+    in every error; None for the one-table settings, whose errors name each setting."""
+
+    def text(key: str) -> str | None:
+        value = item.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{label(key)} must be a string")
+        return value.strip()
+
+    def label(key: str) -> str:  # how an error names a setting of this table
+        return f"setting '{key}'" if where is None else f"{where}: '{key}'"
+
+    def names_where(key: str) -> str:
+        return key if where is None else f"{where}: {key}"
+
+    destination_key = "destination_table" if where is None else "destination"
+    table_text = text("table")
+    if table_text is None:
+        raise ConfigurationError(f"{label('table')} is missing; expected table or schema.table")
+    table = parse_identifiers(table_text, ".", names_where("table"))
+    if len(table) > 2:
+        raise ConfigurationError(
+            f"{label('table')} has more than two parts; expected table or schema.table"
+        )
+    if where is not None:
+        where = f"{where} ({display_name(table)})"
+    cursor_text = text("cursor")
+    cursor = parse_identifiers(cursor_text, ",", names_where("cursor")) if cursor_text else ()
+    key_text = text("primary_key")
+    primary_key = parse_identifiers(key_text, ",", names_where("primary_key")) if key_text else None
+    for setting, names in (("cursor", cursor), ("primary_key", primary_key or ())):
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"{label(setting)} names a column twice")
+    mode = (text("mode") or ("incremental" if cursor or where is None else "full")).lower()
+    if mode not in MODES:
+        raise ConfigurationError(
+            f"{label('mode')} must be one of {', '.join(MODES)}, got {shown(mode)}"
+        )
+    if mode == "incremental" and not cursor:
+        raise ConfigurationError(
+            f"{label('cursor')} is missing; expected column(s) that order rows and grow when a "
+            "row changes, e.g. updated_at (or mode full: re-read the table each sync)"
+        )
+    if mode == "full" and cursor:
+        raise ConfigurationError(
+            f"{label('cursor')} is set, but mode full reads in key order and takes no cursor; "
+            "remove it or use mode incremental"
+        )
+    destination = text(destination_key) or table[-1]
+    validate_identifier(destination, names_where(destination_key))
+    return TableSpec(table, cursor, primary_key, mode, destination)
+
+
+def parse_tables(
+    secrets: Mapping[str, Any],
+) -> tuple[tuple[TableSpec, ...], SchemaSelection | None]:
+    """The configured tables: ``table`` (one, with the settings cursor, primary_key, mode,
+    destination_table), or ``tables`` (a JSON array), and/or ``schema`` with patterns."""
+    table_text = _text_setting(secrets, "table", required=False)
+    tables_text = _text_setting(secrets, "tables", required=False)
+    schema_text = _text_setting(secrets, "schema", required=False)
+    if table_text and tables_text:
+        raise ConfigurationError(
+            "settings 'table' and 'tables' are both set; set 'table' for one table or 'tables' "
+            "for several"
+        )
+    specs: list[TableSpec] = []
+    if table_text:
+        single = {
+            "table": table_text,
+            "cursor": _text_setting(secrets, "cursor", required=False),
+            "primary_key": _text_setting(secrets, "primary_key", required=False),
+            "mode": _text_setting(secrets, "mode", required=False),
+            "destination_table": _text_setting(secrets, "destination_table", required=False),
+        }
+        specs.append(_table_spec(single, None))
+    elif tables_text:
+        specs.extend(_parse_tables_json(tables_text))
+    if not table_text and (tables_text or schema_text):
+        for key in ("cursor", "primary_key", "mode", "destination_table"):
+            if _text_setting(secrets, key, required=False):
+                raise ConfigurationError(
+                    f"setting '{key}' belongs to setting 'table', which is not set; in "
+                    "'tables' each table has its own"
+                )
+    selection = None
+    if schema_text:
+        schema = parse_identifiers(schema_text, ".", "schema")
+        if len(schema) != 1:
+            raise ConfigurationError("setting 'schema' must be one schema name, like public")
+        include = _patterns(secrets, "include") or ("*",)
+        selection = SchemaSelection(schema[0], include, _patterns(secrets, "exclude"))
+    elif _text_setting(secrets, "include", required=False) or _text_setting(
+        secrets, "exclude", required=False
+    ):
+        raise ConfigurationError("settings 'include' and 'exclude' need setting 'schema'")
+    if not specs and selection is None:
+        raise ConfigurationError(
+            "setting 'table' is missing; expected table or schema.table to copy (or 'tables', "
+            "a JSON array of tables, or 'schema' to copy every table of a schema)"
+        )
+    _check_destinations(specs)
+    return tuple(specs), selection
+
+
+def _parse_tables_json(text: str) -> list[TableSpec]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigurationError(
+            f"setting 'tables' is not valid JSON ({e.msg} at character {e.pos}); expected an "
+            'array like [{"table": "public.orders", "cursor": "updated_at", "primary_key": '
+            '"id"}, {"table": "public.countries", "mode": "full"}]'
+        ) from None
+    if not isinstance(items, list) or not items:
+        raise ConfigurationError(
+            "setting 'tables' must be a non-empty JSON array of tables (objects with table, "
+            'cursor, primary_key, mode, destination; or plain "schema.table" strings)'
+        )
+    specs = []
+    for i, item in enumerate(items, 1):
+        where = f"setting 'tables', table {i}"
+        if isinstance(item, str):
+            item = {"table": item}
+        if not isinstance(item, Mapping):
+            raise ConfigurationError(f'{where}: must be an object or a "schema.table" string')
+        unknown = [k for k in item if k not in TABLE_KEYS]
+        if unknown:
+            raise ConfigurationError(
+                f"{where}: unknown key {shown(unknown[0])}; expected {', '.join(TABLE_KEYS)}"
+            )
+        specs.append(_table_spec(item, where))
+    return specs
+
+
+def _patterns(secrets: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    text = _text_setting(secrets, key, required=False)
+    if text is None:
+        return ()
+    patterns = tuple(p.strip() for p in text.split(","))
+    if not all(patterns):
+        raise ConfigurationError(
+            f"setting '{key}' has an empty pattern; expected comma-separated name patterns "
+            "like orders_*, *_archive"
+        )
+    return patterns
+
+
+def _check_destinations(specs: Sequence[TableSpec]) -> None:
+    """Two tables may not write to one destination table (Fivetran folds case)."""
+    seen: dict[str, TableSpec] = {}
+    for spec in specs:
+        other = seen.setdefault(spec.destination.lower(), spec)
+        if other is not spec:
+            raise ConfigurationError(
+                f"tables {other.name} and {spec.name} both write to destination table "
+                f"{shown(spec.destination)}; give one of them another 'destination'"
+            )
 
 
 _PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.S)
@@ -549,8 +746,112 @@ def ssl_context(config: Config) -> ssl.SSLContext | bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# State: one entry per destination table, so a state can hold several tables
+# State: one entry per destination table, and which tables the current sync has finished
 # ---------------------------------------------------------------------------------------------
+
+Key = tuple[JSONValue, ...]
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """Primary key values in key order, kept compact: a one-column integer key as runs of
+    consecutive values (a dense id column of any size is a few runs), any other key as its
+    values. What a full-refresh table remembers to find the rows that disappeared."""
+
+    runs: tuple[tuple[int, int], ...] = ()
+    items: tuple[Key, ...] = ()
+
+    def __len__(self) -> int:
+        return sum(b - a + 1 for a, b in self.runs) + len(self.items)
+
+    def keys(self) -> Iterable[Key]:
+        for a, b in self.runs:
+            yield from ((k,) for k in range(a, b + 1))
+        yield from self.items
+
+    def extended(self, keys: Sequence[Key]) -> KeySet:
+        """This set and ``keys``, which follow its last key in key order."""
+        if not self.items and all(
+            len(k) == 1 and type(k[0]) is int for k in keys
+        ):  # bool is not int here
+            runs = [list(r) for r in self.runs]
+            for (k,) in keys:
+                if runs and runs[-1][0] <= k <= runs[-1][1] + 1:
+                    runs[-1][1] = max(runs[-1][1], k)  # a twin repeats the last key
+                else:
+                    runs.append([k, k])
+            return KeySet(runs=tuple((a, b) for a, b in runs))
+        items = list(self.keys()) if self.runs else list(self.items)
+        items.extend(k for k in keys if not items or k != items[-1])
+        return KeySet(items=tuple(items))
+
+    def minus(self, other: KeySet) -> KeySet:
+        """The keys of this set that ``other`` does not hold, in order."""
+        if self.items or other.items:
+            present = set(other.keys())
+            return KeySet(items=tuple(k for k in self.keys() if k not in present))
+        out: list[tuple[int, int]] = []
+        j = 0
+        for a, b in self.runs:
+            while j < len(other.runs) and other.runs[j][1] < a:
+                j += 1
+            k = j
+            while a <= b:
+                if k < len(other.runs) and other.runs[k][0] <= b:
+                    lo, hi = other.runs[k]
+                    if lo > a:
+                        out.append((a, lo - 1))
+                    a = max(a, hi + 1)
+                    k += 1
+                else:
+                    out.append((a, b))
+                    break
+        return KeySet(runs=tuple(out))
+
+    def split(self, count: int) -> tuple[list[Key], KeySet]:
+        """The first ``count`` keys, and the set of the others."""
+        taken: list[Key] = []
+        runs = list(self.runs)
+        while runs and len(taken) < count:
+            a, b = runs.pop(0)
+            n = min(b - a + 1, count - len(taken))
+            taken.extend((k,) for k in range(a, a + n))
+            if a + n <= b:
+                runs.insert(0, (a + n, b))
+        items = self.items
+        if len(taken) < count:
+            n = count - len(taken)
+            taken.extend(items[:n])
+            items = items[n:]
+        return taken, KeySet(runs=tuple(runs), items=items)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.items:
+            return {"items": [list(k) for k in self.keys()]}
+        return {"runs": [list(r) for r in self.runs]}
+
+    @staticmethod
+    def from_json(value: Any, what: str) -> KeySet:
+        if value is None:
+            return KeySet()
+        if isinstance(value, Mapping) and set(value) == {"runs"}:
+            runs = value["runs"]
+            if isinstance(runs, list) and all(
+                isinstance(r, list)
+                and len(r) == 2
+                and all(type(v) is int for v in r)
+                and r[0] <= r[1]
+                for r in runs
+            ):
+                return KeySet(runs=tuple((a, b) for a, b in runs))
+        if isinstance(value, Mapping) and set(value) == {"items"}:
+            items = value["items"]
+            if isinstance(items, list) and all(isinstance(k, list) for k in items):
+                return KeySet(items=tuple(tuple(k) for k in items))
+        raise _state_error(
+            f"'{what}' must be {{\"runs\": [[first, last], ...]}} or "
+            f'{{"items": [[key values], ...]}}'
+        )
 
 
 @dataclass(frozen=True)
@@ -561,9 +862,23 @@ class TableState:
     cursor: tuple[str, ...]
     primary_key: tuple[str, ...]
     after: tuple[str | None, ...] | None = None  # last delivered (cursor..., key...) values
-    complete: bool = False  # the response that wrote it ended a sync (hasMore false)
+    complete: bool = False  # the response that wrote it finished the table's sync
     bytes_per_row: int | None = None  # learnt from the previous batch, sizes the next read
     start: str | None = None  # resume at leading cursor >= start (seed-style state only)
+    mode: str = "incremental"
+    keys: KeySet | None = None  # full: the keys the last finished sync delivered
+    seen: KeySet | None = None  # full: the keys this sync has delivered so far
+    deleting: KeySet | None = None  # full: keys gone from the source, deletes still to send
+
+
+@dataclass(frozen=True)
+class SyncState:
+    """The request's state: an entry per destination table, and the tables the current sync
+    has finished (every table finished: the next invocation starts a new sync)."""
+
+    tables: dict[str, TableState] = field(default_factory=dict)
+    done: tuple[str, ...] = ()
+    seed: TableState | None = None  # a state written by Fivetran's sample function
 
 
 def _state_error(problem: str) -> StateError:
@@ -582,36 +897,22 @@ def _string_list(value: Any, what: str, *, allow_null: bool = False) -> tuple[An
     return tuple(value)
 
 
-def read_state(state: Any, destination: str) -> TableState | None:
-    """Parse the request's state; None when this table has not been synced yet."""
-    if state is None:
-        return None
-    if not isinstance(state, Mapping):
-        raise _state_error(f"it is a {type(state).__name__}, not an object")
-    if not state:
-        return None
-    if "tables" not in state and set(state) == {"cursor"}:
-        # Written by Fivetran's sample function: {"cursor": "<last cursor value>"}.
-        value = state["cursor"]
-        if isinstance(value, float) and math.isfinite(value):
-            # The sample turned decimals into floats: resume from just below the float, so the
-            # row it rounded (up or down) is read again rather than skipped.
-            start = format(Decimal(repr(math.nextafter(value, -math.inf))), "f")
-        elif isinstance(value, str | int) and not isinstance(value, bool):
-            start = str(value)
-        else:
-            raise _state_error("the seed-style 'cursor' value must be a string or a number")
-        return TableState(source=None, cursor=(), primary_key=(), start=start)
-    if state.get("version") != STATE_VERSION:
-        raise _state_error(f"'version' must be {STATE_VERSION}")
-    tables = state.get("tables")
-    if not isinstance(tables, Mapping):
-        raise _state_error("'tables' must be an object keyed by destination table")
-    entry = tables.get(destination)
-    if entry is None:
-        return None  # not synced yet; other tables' entries are carried through unchanged
+def _seed_state(value: Any) -> TableState:
+    """A state written by Fivetran's sample function: {"cursor": "<last cursor value>"}."""
+    if isinstance(value, float) and math.isfinite(value):
+        # The sample turned decimals into floats: resume from just below the float, so the
+        # row it rounded (up or down) is read again rather than skipped.
+        start = format(Decimal(repr(math.nextafter(value, -math.inf))), "f")
+    elif isinstance(value, str | int) and not isinstance(value, bool):
+        start = str(value)
+    else:
+        raise _state_error("the seed-style 'cursor' value must be a string or a number")
+    return TableState(source=None, cursor=(), primary_key=(), start=start)
+
+
+def _table_state(destination: str, entry: Any) -> TableState:
     if not isinstance(entry, Mapping):
-        raise _state_error(f"the entry for '{destination}' must be an object")
+        raise _state_error(f"the entry for {shown(destination)} must be an object")
     source = entry.get("source")
     if not isinstance(source, str):
         raise _state_error("'source' must be a string")
@@ -624,28 +925,71 @@ def read_state(state: Any, destination: str) -> TableState | None:
         not isinstance(bytes_per_row, int) or isinstance(bytes_per_row, bool) or bytes_per_row < 1
     ):
         raise _state_error("'bytes_per_row' must be a positive whole number or null")
+    mode = entry.get("mode", "incremental")
+    if mode not in MODES:
+        raise _state_error(f"'mode' must be one of {', '.join(MODES)}")
+    full = mode == "full"
     return TableState(
         source=source,
-        cursor=_string_list(entry.get("cursor"), "cursor"),
+        cursor=_string_list(entry.get("cursor", []), "cursor"),
         primary_key=_string_list(entry.get("primary_key"), "primary_key"),
         after=None if after is None else _string_list(after, "after", allow_null=True),
         complete=complete,
         bytes_per_row=bytes_per_row,
+        mode=mode,
+        keys=KeySet.from_json(entry.get("keys"), "keys") if full else None,
+        seen=KeySet.from_json(entry.get("seen"), "seen") if full else None,
+        deleting=KeySet.from_json(entry.get("deleting"), "deleting") if full else None,
     )
 
 
-def write_state(state: Mapping[str, Any], destination: str, table: TableState) -> dict[str, Any]:
-    """The state to return: the request's other tables kept, this table's entry replaced."""
-    tables = dict(state.get("tables") or {})  # a seed-style state has none: it is replaced
-    tables[destination] = {
+def read_state(state: Any) -> SyncState:
+    """Parse the request's state (version 2; version 1 and the sample's still resume)."""
+    if state is None:
+        return SyncState()
+    if not isinstance(state, Mapping):
+        raise _state_error(f"it is a {type(state).__name__}, not an object")
+    if not state:
+        return SyncState()
+    if "tables" not in state and set(state) == {"cursor"}:
+        return SyncState(seed=_seed_state(state["cursor"]))
+    version = state.get("version")
+    if version not in (1, STATE_VERSION):
+        raise _state_error(f"'version' must be {STATE_VERSION} (or 1, from an older release)")
+    tables = state.get("tables")
+    if not isinstance(tables, Mapping):
+        raise _state_error("'tables' must be an object keyed by destination table")
+    done = state.get("done", []) if version == STATE_VERSION else []
+    return SyncState(
+        tables={str(d): _table_state(str(d), e) for d, e in tables.items()},
+        done=_string_list(done, "done"),
+    )
+
+
+def _entry_json(table: TableState) -> dict[str, Any]:
+    entry: dict[str, Any] = {
         "source": table.source,
+        "mode": table.mode,
         "cursor": list(table.cursor),
         "primary_key": list(table.primary_key),
         "after": None if table.after is None else list(table.after),
         "complete": table.complete,
         "bytes_per_row": table.bytes_per_row,
     }
-    return {"version": STATE_VERSION, "tables": tables}
+    if table.mode == "full":
+        for name in ("keys", "seen", "deleting"):
+            keys = getattr(table, name)
+            entry[name] = None if keys is None else keys.to_json()
+    return entry
+
+
+def write_state(sync: SyncState) -> dict[str, Any]:
+    """The state to return, version 2."""
+    return {
+        "version": STATE_VERSION,
+        "tables": {d: _entry_json(t) for d, t in sync.tables.items()},
+        "done": list(sync.done),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -817,6 +1161,13 @@ JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE con.contype = 'p'
  AND n.nspname = CAST(:schema AS VARCHAR) AND c.relname = CAST(:table AS VARCHAR)"""
+
+# The tables and views of one schema, for the 'schema' setting.
+SCHEMA_TABLES_SQL = """SELECT c.relname
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'v', 'm', 'p', 'f') AND n.nspname = CAST(:schema AS VARCHAR)
+ORDER BY c.relname"""
 
 # The schemas a bare table name is looked up in, read before search_path is pinned.
 SEARCH_PATH_SQL = "SELECT pg_catalog.current_schemas(false)"
@@ -1087,6 +1438,8 @@ def _resume_point(
     if previous.start is not None:  # a seed-style state: its cursor value, inclusively
         return None, previous.start, 0, False
     after = previous.after
+    if previous.mode == "full":  # re-read from the first key each sync, strictly inside one
+        return (None if previous.complete else after), None, 0, False
     if previous.complete and after and after[0] is not None:
         # A new sync. Rows committed since the last one may carry the last cursor value with
         # any key (second-precision timestamps), or with lookback an older one still: resume
@@ -1104,14 +1457,20 @@ def read_batch(
     config: Config,
     overhead: Callable[[TableState], int],
     time_left_ms: Callable[[], float],
+    base: TableState | None = None,
+    annotate: Callable[[TableState, list[list[JSONValue]]], TableState] | None = None,
 ) -> Batch:
     """Read the rows that follow ``previous``, as many as the limit and the byte budget allow.
 
     ``fetch`` runs one query in the invocation's read-only transaction; ``overhead`` gives the
-    serialised size of a response that carries a state but no rows. Pages are read until the
-    budget is full, so each response but the last is nearly full. Rows stay value lists until
-    the batch is settled; only the delivered ones become dicts.
+    serialised size of a response that carries a state but no rows (and whatever else the
+    response holds). Pages are read until the budget is full, so each response but the last is
+    nearly full. Rows stay value lists until the batch is settled; only the delivered ones
+    become dicts. The batch's state is ``base`` (default: a fresh entry) with the new position,
+    passed through ``annotate`` with the delivered rows (a full table adds their keys).
     """
+    if base is None:
+        base = TableState(plan.source, plan.cursor, plan.primary_key)
     order = plan.order
     names = [c.name for c in plan.columns]
     at = {c.name: i for i, c in enumerate(plan.columns)}
@@ -1131,12 +1490,7 @@ def read_batch(
     bytes_per_row = previous.bytes_per_row if previous else None
     # Bytes for the rows with their ", " separators (the first row has none, hence + 2); the
     # state's position and the exact size are settled at the end.
-    budget = config.max_response_bytes - overhead(TableState(plan.source, (), ())) + 2
-    if budget < MIN_MAX_RESPONSE_BYTES // 2:
-        raise _state_error(
-            f"with it a response leaves only {max(budget, 0)} of max_response_bytes="
-            f"{config.max_response_bytes} for rows; raise max_response_bytes"
-        )
+    budget = config.max_response_bytes - overhead(replace(base, after=None)) + 2
 
     rows: list[list[JSONValue]] = []
     sizes: list[int] = []
@@ -1238,14 +1592,18 @@ def read_batch(
             if previous is not None and previous.source is not None and not previous.complete:
                 state = replace(previous, complete=True)
             return Batch(rows=[], state=state, has_more=False, row_bytes=0, pages=pages)
-        state = TableState(
+        state = replace(
+            base,
             source=plan.source,
             cursor=plan.cursor,
             primary_key=plan.primary_key,
             after=position(rows[-1]),
             complete=not has_more,
             bytes_per_row=max(1, used // len(rows)),
+            start=None,
         )
+        if annotate is not None:
+            state = annotate(state, rows)
         if overhead(state) + used - 2 <= config.max_response_bytes:  # exact, with the state
             delivered = list(map(dict, map(zip, itertools.repeat(names), rows)))
             return Batch(
@@ -1665,7 +2023,9 @@ def login_credentials(config: Config, deadline: float) -> tuple[str, str]:
 _SAFE_SQLSTATE_CLASSES = {"08", "0A", "25", "28", "3D", "3F", "42", "53", "54", "55", "57"}
 
 
-def _source_error(exc: BaseException, config: Config, action: str) -> ConnectorError:
+def _source_error(
+    exc: BaseException, config: Config, action: str, table: str | None = None
+) -> ConnectorError:
     """Translate a driver error into a message a user can act on, without values or secrets."""
     where = f"{config.host}:{config.port}"
     if isinstance(exc, pg8000.native.DatabaseError) and exc.args and isinstance(exc.args[0], dict):
@@ -1699,7 +2059,7 @@ def _source_error(exc: BaseException, config: Config, action: str) -> ConnectorE
         if code == "42501":
             return SourceError(
                 f"{action}: permission denied ({message}); grant the user USAGE on the schema "
-                f"and SELECT on the table {display_name(config.table)} (SQLSTATE 42501)",
+                f"and SELECT on the table{' ' + table if table else ''} (SQLSTATE 42501)",
                 code,
             )
         if code[:2] in _SAFE_SQLSTATE_CLASSES:
@@ -1920,11 +2280,13 @@ def parse_text_array(text: str) -> list[str]:
 class Source:
     """One connection in one read-only transaction, closed on exit."""
 
-    def __init__(self, config: Config, deadline: float) -> None:
+    def __init__(self, config: Config, deadline: float, *, transaction: bool = True) -> None:
         self.config = config
         self.deadline = deadline
+        self.transaction = transaction  # False: each statement on its own (setup tests)
         self.con: pg8000.native.Connection | None = None
         self.search_path: list[str] = []  # the user's schemas, read before the path is pinned
+        self.table: str | None = None  # the table being read, for messages
 
     def time_left_ms(self) -> float:
         return (self.deadline - time.monotonic()) * 1000
@@ -1991,7 +2353,7 @@ class Source:
         try:
             page = wire_query(self.con, sql, params, prelude=prelude, max_bytes=max_bytes)
         except (pg8000.native.Error, OSError, ssl.SSLError) as e:
-            raise _source_error(e, self.config, action) from None
+            raise _source_error(e, self.config, action, self.table) from None
         log(
             logging.DEBUG,
             "query",
@@ -2034,7 +2396,8 @@ class Source:
                 except SourceError as each:
                     if each.sqlstate != SQLSTATE_UNDEFINED_OBJECT:
                         raise
-        self.query("starting a read-only transaction", BEGIN_SQL, {})
+        if self.transaction:
+            self.query("starting a read-only transaction", BEGIN_SQL, {})
 
     def close(self) -> None:
         con, self.con = self.con, None
@@ -2108,11 +2471,11 @@ def _base_type(source: Source, column: Column, kind: str) -> tuple[Column, str]:
     raise SourceError(f"reading the type of column {display_name([column.name])}: no base type")
 
 
-def load_plan(source: Source, config: Config) -> TablePlan:
+def load_plan(source: Source, spec: TableSpec, config: Config) -> TablePlan:
     """Find the table and its columns in the catalog and check the cursor and key columns."""
-    params = {"table": config.table[-1]}
-    if len(config.table) == 2:
-        params["schema"] = config.table[0]
+    params = {"table": spec.table[-1]}
+    if len(spec.table) == 2:
+        params["schema"] = spec.table[0]
         sql = CATALOG_SQL.format(schema_condition=CATALOG_SCHEMA_GIVEN)
     else:
         sql = CATALOG_SQL.format(schema_condition=CATALOG_SCHEMA_ANY)
@@ -2125,13 +2488,13 @@ def load_plan(source: Source, config: Config) -> TablePlan:
             (Column(column, int(type_oid), str(sql_type), not not_null), str(kind))
         )
         attnums[(schema, name, int(attnum))] = column
-    wanted = display_name(config.table)
-    chosen = _choose_table(list(found), config.table, source.search_path)
+    wanted = display_name(spec.table)
+    chosen = _choose_table(list(found), spec.table, source.search_path)
     if chosen is None:
         raise ConfigurationError(
             f"setting 'table': {wanted} was not found in database {shown(config.database)} or "
             f"user {shown(source.config.user)} cannot see it; expected an existing table or view"
-            + ("" if len(config.table) == 2 else " on the search_path (or write schema.table)")
+            + ("" if len(spec.table) == 2 else " on the search_path (or write schema.table)")
         )
     schema, name = chosen
     typed = [_base_type(source, column, kind) for column, kind in found[chosen]]
@@ -2139,9 +2502,9 @@ def load_plan(source: Source, config: Config) -> TablePlan:
     kinds = {column.name: kind for column, kind in typed}
     table = display_name((schema, name))
     available = [c.name for c in columns]
-    cursor = _resolve(config.cursor, available, "cursor", table)
-    if config.primary_key is not None:
-        primary_key = _resolve(config.primary_key, available, "primary_key", table)
+    cursor = _resolve(spec.cursor, available, "cursor", table)
+    if spec.primary_key is not None:
+        primary_key = _resolve(spec.primary_key, available, "primary_key", table)
     else:
         declared = source.query(
             "reading the primary key", PRIMARY_KEY_SQL, {"schema": schema, "table": name}
@@ -2157,6 +2520,7 @@ def load_plan(source: Source, config: Config) -> TablePlan:
                 "expected the column(s) that identify a row, e.g. id"
             )
     plan = TablePlan(schema, name, columns, cursor, primary_key)
+    source.table = plan.source
     for column in plan.order:
         setting = "cursor" if column.name in cursor else "primary_key"
         if column.type_oid in UNORDERABLE_OIDS:
@@ -2173,10 +2537,15 @@ def load_plan(source: Source, config: Config) -> TablePlan:
                 f"user-defined type {column.sql_type}; expected a column of a built-in type "
                 "(or a domain over one), e.g. through a view that casts it"
             )
-    if config.lookback_s and plan.order[0].type_oid not in (
-        OID_DATE,
-        OID_TIMESTAMP,
-        OID_TIMESTAMPTZ,
+    if (
+        spec.mode == "incremental"
+        and config.lookback_s
+        and plan.order[0].type_oid
+        not in (
+            OID_DATE,
+            OID_TIMESTAMP,
+            OID_TIMESTAMPTZ,
+        )
     ):
         raise ConfigurationError(
             f"setting 'lookback' needs a date or timestamp as the first cursor column; "
@@ -2193,12 +2562,14 @@ def load_plan(source: Source, config: Config) -> TablePlan:
     return plan
 
 
-def check_state(previous: TableState | None, plan: TablePlan) -> None:
-    """Refuse a state written for another table, cursor or key: its position means nothing here."""
+def check_state(previous: TableState | None, plan: TablePlan, mode: str) -> None:
+    """Refuse a state written for another table, cursor, key or mode: its position means
+    nothing here."""
     if previous is None or previous.source is None:
         return
     for what, was, now in (
         ("table", previous.source, plan.source),
+        ("mode", previous.mode, mode),
         ("cursor", ", ".join(previous.cursor), ", ".join(plan.cursor)),
         ("primary_key", ", ".join(previous.primary_key), ", ".join(plan.primary_key)),
     ):
@@ -2211,24 +2582,232 @@ def check_state(previous: TableState | None, plan: TablePlan) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Lambda handler: Fivetran's request in, Fivetran's response out
+# Batch assembly across tables, and the Lambda output
 # ---------------------------------------------------------------------------------------------
 
 
-def lambda_response(
-    destination: str,
-    primary_key: Sequence[str],
-    state: Mapping[str, Any],
-    rows: list[Row],
-    has_more: bool,
-) -> dict[str, Any]:
-    """Fivetran's response for one table."""
-    return {
-        "state": state,
-        "insert": {destination: rows},
-        "schema": {destination: {"primary_key": list(primary_key)}},
-        "hasMore": has_more,
-    }
+class Response:
+    """Fivetran's response, assembled table by table in a fixed order, sized exactly.
+
+    The assembler asks it what a response would weigh (``size_with``); rows are counted by the
+    bytes their batch measured, so nothing is serialised twice.
+    """
+
+    def __init__(self, config: Config, sync: SyncState, destinations: Sequence[str]) -> None:
+        self.config = config
+        self.entries = {d: t for d, t in sync.tables.items() if d in destinations}  # removed
+        # tables' entries are dropped; a seed-style state belongs to the first table
+        if sync.seed is not None and destinations[0] not in self.entries:
+            self.entries[destinations[0]] = sync.seed
+        self.done = [d for d in sync.done if d in destinations]
+        if set(destinations) <= set(self.done):
+            self.done = []  # every table was finished: this invocation starts a new sync
+        self.inserts: dict[str, list[Row]] = {}
+        self.row_bytes: dict[str, int] = {}  # serialised rows with separators, per table
+        self.deletes: dict[str, list[Row]] = {}
+        self.keys: dict[str, list[str]] = {}  # primary keys, for the schema section
+        self.pages = 0
+
+    def state(self, has_more: bool = True) -> dict[str, Any]:
+        # A response that ends the sync lists no table as done: the next one starts anew.
+        return write_state(SyncState(dict(self.entries), tuple(self.done) if has_more else ()))
+
+    def body(self, has_more: bool) -> dict[str, Any]:
+        response: dict[str, Any] = {"state": self.state(has_more), "insert": self.inserts}
+        if self.deletes:
+            response["delete"] = self.deletes
+            if self.config.deletes == "soft":
+                response["softDelete"] = list(self.deletes)
+        response["schema"] = {d: {"primary_key": k} for d, k in self.keys.items()}
+        response["hasMore"] = has_more
+        return response
+
+    def size(self) -> int:
+        """Serialised bytes of the response as it stands (an upper bound whatever hasMore)."""
+        skeleton = self.body(True)
+        skeleton["insert"] = {d: [] for d in self.inserts}
+        return json_size(skeleton) + sum(self.row_bytes.values())
+
+    def size_with(self, destination: str, entry: TableState) -> int:
+        """The size with ``destination``'s entry replaced and its rows not counted."""
+        kept = self.entries.get(destination), self.row_bytes.pop(destination, 0)
+        self.entries[destination] = entry
+        try:
+            return self.size()
+        finally:
+            if kept[0] is None:
+                del self.entries[destination]
+            else:
+                self.entries[destination] = kept[0]
+            self.row_bytes[destination] = kept[1]
+
+
+def _key_of(plan: TablePlan) -> Callable[[Sequence[JSONValue]], Key]:
+    at = [[c.name for c in plan.columns].index(k) for k in plan.primary_key]
+    return lambda values: tuple(values[i] for i in at)
+
+
+def serve_table(source: Source, config: Config, spec: TableSpec, response: Response) -> bool:
+    """Add the next batch of one table to ``response``; True when the table's sync is done."""
+    destination = spec.destination
+    plan = load_plan(source, spec, config)
+    previous = response.entries.get(destination)
+    check_state(previous, plan, spec.mode)
+    response.keys[destination] = list(plan.primary_key)
+    response.inserts.setdefault(destination, [])
+    annotate = None
+    if spec.mode == "full":
+        if previous is not None and previous.deleting:
+            return send_deletes(response, destination, plan)  # the read is over
+        if previous is None or previous.complete:  # a new sync: from the first key again
+            previous = TableState(
+                plan.source,
+                (),
+                plan.primary_key,
+                mode="full",
+                keys=previous.keys if previous is not None else KeySet(),
+                seen=KeySet(),
+                bytes_per_row=previous.bytes_per_row if previous is not None else None,
+            )
+        key_of = _key_of(plan)
+
+        def annotate(state: TableState, rows: list[list[JSONValue]]) -> TableState:
+            return replace(state, seen=(state.seen or KeySet()).extended(list(map(key_of, rows))))
+
+    base = previous if previous is not None and previous.source is not None else None
+    empty = replace(base, after=None) if base is not None else TableState(plan.source, (), ())
+    if response.size_with(destination, empty) > config.max_response_bytes - MIN_ROOM_BYTES:
+        if any(response.inserts.values()) or response.deletes:
+            return False  # this response is full: the next one starts with this table
+        raise _state_error(
+            f"it takes {response.size_with(destination, empty)} of max_response_bytes="
+            f"{config.max_response_bytes}, too little room for rows; raise max_response_bytes"
+            + (" (a full-refresh table keeps its keys in the state)" if spec.mode == "full" else "")
+        )
+    batch = read_batch(
+        source.fetch,
+        plan,
+        previous,
+        config,
+        lambda state: response.size_with(destination, state),
+        source.time_left_ms,
+        base=base,
+        annotate=annotate,
+    )
+    response.pages += batch.pages
+    response.inserts[destination] = batch.rows
+    response.row_bytes[destination] = batch.row_bytes
+    if batch.state is not None:
+        response.entries[destination] = batch.state
+    elif previous is not None and previous.mode == "full":
+        response.entries[destination] = previous
+    if batch.has_more:
+        return False
+    entry = response.entries.get(destination)
+    if entry is None or entry.mode != "full":
+        response.done.append(destination)
+        return True
+    # The read is over: keys the last finished sync delivered and this one did not are gone.
+    seen = entry.seen or KeySet()
+    finished = replace(
+        entry,
+        after=None,
+        complete=True,
+        keys=seen,
+        seen=None,
+        deleting=(entry.keys or KeySet()).minus(seen),
+    )
+    if response.size_with(destination, finished) + batch.row_bytes > config.max_response_bytes:
+        if not any(response.inserts.values()) and not response.deletes:
+            raise _state_error(
+                f"finishing table {plan.source} needs more than max_response_bytes="
+                f"{config.max_response_bytes} for its keys; raise max_response_bytes"
+            )
+        response.entries[destination] = replace(entry, complete=False)  # finish next time
+        return False
+    response.entries[destination] = finished
+    return send_deletes(response, destination, plan)
+
+
+def send_deletes(response: Response, destination: str, plan: TablePlan) -> bool:
+    """Move as many pending deletes of a full table into the response as fit; True when none
+    are left (the table's sync is done)."""
+    entry = response.entries[destination]
+    pending = entry.deleting or KeySet()
+    names = list(plan.primary_key)
+    limit = response.config.max_response_bytes
+    rows = response.row_bytes.get(destination, 0)
+    response.deletes.pop(destination, None)
+    base = response.size_with(destination, entry) + rows
+    count = len(pending)
+    while count:
+        keys, rest = pending.split(count)
+        response.deletes[destination] = [dict(zip(names, k, strict=True)) for k in keys]
+        candidate = replace(entry, deleting=rest if len(rest) else None)
+        size = response.size_with(destination, candidate) + rows
+        if size <= limit:
+            response.entries[destination] = candidate
+            log(logging.DEBUG, "deletes", table=plan.source, keys=len(keys), left=len(rest))
+            if len(rest):
+                return False
+            response.done.append(destination)
+            return True
+        # Too many: aim at what fits by the bytes per key just measured, at most half as many.
+        per_key = max(1, (size - base) // count)
+        count = min(count // 2, max(0, (limit - base) // per_key))
+    response.deletes.pop(destination, None)
+    if len(pending):
+        if not any(response.inserts.values()) and not response.deletes:
+            raise _state_error(f"no room for a single delete in max_response_bytes={limit}")
+        return False  # no room left in this response: the next one sends them
+    response.entries[destination] = replace(entry, deleting=None)
+    response.done.append(destination)
+    return True
+
+
+def configured_tables(source: Source, config: Config) -> list[TableSpec]:
+    """The configured tables, then those the schema selection finds, in a fixed order."""
+    specs = list(config.tables)
+    selection = config.selection
+    if selection is not None:
+        rows = source.query(
+            "listing the tables of the schema", SCHEMA_TABLES_SQL, {"schema": selection.schema}
+        ).rows
+        configured = {(s.table[0] if len(s.table) == 2 else None, s.table[-1]) for s in specs}
+        chosen = [
+            str(name)
+            for (name,) in rows
+            if selection.selects(str(name))
+            and (selection.schema, name) not in configured
+            and (None, name) not in configured
+        ]
+        if not chosen and not specs:
+            raise ConfigurationError(
+                f"setting 'schema': no table of schema {shown(selection.schema)} matches "
+                f"include {shown(','.join(selection.include))} and exclude "
+                f"{shown(','.join(selection.exclude))}, or user {shown(source.config.user)} "
+                "cannot see them"
+            )
+        specs += [TableSpec((selection.schema, n), (), None, "full", n) for n in chosen]
+        _check_destinations(specs)
+    return specs
+
+
+def _naming(error: ConnectorError, spec: TableSpec) -> ConnectorError:
+    """The same error, its message prefixed with the table it happened in."""
+    message = f"table {spec.name}: {error}"
+    named = (
+        type(error)(message, error.sqlstate)
+        if isinstance(error, SourceError)
+        else type(error)(message)
+    )
+    named.logged = error.logged
+    return named
+
+
+# ---------------------------------------------------------------------------------------------
+# Lambda handler: Fivetran's request in, Fivetran's response out
+# ---------------------------------------------------------------------------------------------
 
 
 def _remaining_ms(context: Any) -> float:
@@ -2237,21 +2816,28 @@ def _remaining_ms(context: Any) -> float:
 
 
 def lambda_handler(request: Any, context: Any) -> dict[str, Any]:
-    """Return the next batch of the configured table as Fivetran's response."""
+    """Return the next batch of the configured tables as Fivetran's response."""
+    return run_invocation(request, time_left_ms=_remaining_ms(context))
+
+
+def run_invocation(
+    request: Any, *, time_left_ms: float, max_response_bytes: int | None = None
+) -> dict[str, Any]:
+    """The handler's work for one request, given the time left; ``max_response_bytes`` lifts
+    the byte budget past the Lambda envelope's (for the Connector SDK, which has none)."""
     # Rows are many small containers and none of them form cycles: the cyclic collector would
     # only walk them again and again (measured: up to a fifth of an invocation's time).
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _handle(request, context)
+        return _handle(request, time_left_ms, max_response_bytes)
     finally:
         if collecting:
             gc.enable()
 
 
-def _handle(request: Any, context: Any) -> dict[str, Any]:
+def _handle(request: Any, remaining_ms: float, max_response_bytes: int | None) -> dict[str, Any]:
     started = time.monotonic()
-    remaining_ms = _remaining_ms(context)
     margin_ms = min(TIME_MARGIN_MAX_MS, remaining_ms * 0.2)
     deadline = started + (remaining_ms - margin_ms) / 1000
     if not isinstance(request, Mapping):
@@ -2260,7 +2846,7 @@ def _handle(request: Any, context: Any) -> dict[str, Any]:
     fields = {"sync_id": sync_id[:100]} if isinstance(sync_id, str) else {}
     token = _log_fields.set(fields)
     try:
-        return _sync(request, deadline, started)
+        return _sync(request, deadline, started, max_response_bytes)
     except ConnectorError as e:
         log(logging.ERROR, "failed", error=type(e).__name__, message=str(e))
         e.logged = True
@@ -2285,47 +2871,95 @@ def _handle(request: Any, context: Any) -> dict[str, Any]:
         _log_fields.reset(token)
 
 
-def _sync(request: Mapping[str, Any], deadline: float, started: float) -> dict[str, Any]:
+def _sync(
+    request: Mapping[str, Any], deadline: float, started: float, max_response_bytes: int | None
+) -> dict[str, Any]:
     setup_test = request.get("setup_test", False)
     if not isinstance(setup_test, bool):
         raise ConfigurationError("the request's 'setup_test' must be true or false")
     config = parse_config(request.get("secrets"))
+    if max_response_bytes is not None:
+        config = replace(config, max_response_bytes=max_response_bytes)
     state_in = request.get("state")
     state_in = {} if state_in is None else state_in
-    previous = read_state(state_in, config.destination_table)
-    with Source(config, deadline) as source:
-        plan = load_plan(source, config)
-        check_state(previous, plan)
+    sync = read_state(state_in)
+    with Source(config, deadline, transaction=not setup_test) as source:
+        specs = configured_tables(source, config)
         if setup_test:
-            source.fetch(*build_page_sql(plan, 0), 0)  # proves SELECT works, reads nothing
-            log(logging.INFO, "setup test passed", table=plan.source)
-            return lambda_response(config.destination_table, plan.primary_key, state_in, [], False)
-
-        def overhead(table_state: TableState) -> int:
-            state = write_state(state_in, config.destination_table, table_state)
-            return json_size(
-                lambda_response(config.destination_table, plan.primary_key, state, [], False)
-            )
-
-        batch = read_batch(source.fetch, plan, previous, config, overhead, source.time_left_ms)
-    state_out = (
-        state_in
-        if batch.state is None
-        else write_state(state_in, config.destination_table, batch.state)
-    )
+            return _setup_test(source, config, specs, state_in)
+        response = Response(config, sync, [s.destination for s in specs])
+        has_more = False
+        for spec in specs:
+            if spec.destination in response.done:
+                continue
+            if response.inserts and (
+                source.time_left_ms() < MIN_TIME_LEFT_MS
+                or response.size() > config.max_response_bytes - MIN_ROOM_BYTES
+            ):
+                has_more = True  # the next invocation goes on with this table
+                break
+            try:
+                finished = serve_table(source, config, spec, response)
+            except ConnectorError as e:
+                raise _naming(e, spec) if len(specs) > 1 else e from None
+            if not finished:
+                has_more = True
+                break
     log(
         logging.INFO,
         "batch",
-        table=plan.source,
-        rows=len(batch.rows),
-        bytes=batch.row_bytes,
-        pages=batch.pages,
-        has_more=batch.has_more,
+        tables=len(response.inserts),
+        rows=sum(map(len, response.inserts.values())),
+        deletes=sum(map(len, response.deletes.values())),
+        bytes=sum(response.row_bytes.values()),
+        pages=response.pages,
+        has_more=has_more,
         elapsed_ms=int((time.monotonic() - started) * 1000),
     )
-    return lambda_response(
-        config.destination_table, plan.primary_key, state_out, batch.rows, batch.has_more
-    )
+    return response.body(has_more)
+
+
+def _setup_test(
+    source: Source, config: Config, specs: Sequence[TableSpec], state_in: Any
+) -> dict[str, Any]:
+    """Check every table and column (SELECT works, reads nothing); report all problems."""
+    problems: list[ConnectorError] = []
+    keys: dict[str, list[str]] = {}
+    for spec in specs:
+        try:
+            plan = load_plan(source, spec, config)
+            source.fetch(*build_page_sql(plan, 0), 0)
+            keys[spec.destination] = list(plan.primary_key)
+        except ConnectorError as e:
+            problems.append(_naming(e, spec) if len(specs) > 1 else e)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        kinds = {type(p) for p in problems}
+        kind = kinds.pop() if len(kinds) == 1 else ConfigurationError
+        raise kind(
+            f"the setup test found {len(problems)} problems: "
+            + "; ".join(f"{i}) {p}" for i, p in enumerate(problems, 1))
+        )
+    log(logging.INFO, "setup test passed", tables=[s.name for s in specs])
+    return {
+        "state": state_in,
+        "insert": {d: [] for d in keys},
+        "schema": {d: {"primary_key": k} for d, k in keys.items()},
+        "hasMore": False,
+    }
+
+
+def describe_tables(secrets: Any, *, time_left_ms: float) -> list[tuple[str, TablePlan]]:
+    """(destination, plan) of every configured table: its columns with their base types and
+    its primary key (for the Connector SDK's schema)."""
+    config = parse_config(secrets)
+    deadline = time.monotonic() + time_left_ms / 1000
+    with Source(config, deadline, transaction=False) as source:
+        return [
+            (spec.destination, load_plan(source, spec, config))
+            for spec in configured_tables(source, config)
+        ]
 
 
 # ---------------------------------------------------------------------------------------------

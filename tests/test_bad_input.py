@@ -280,10 +280,11 @@ CASES = [
       r"^setting 'lookback' needs a date or timestamp as the first cursor column; n is integer$",
       "lookback-integer-cursor"),
     # -- the state -----------------------------------------------------------------------
-    p(lambda e: {**e.request(), "state": {**e.state, "version": 2}}, St, r"state is not usable: "
-      r"'version' must be 1\. Expected the state this function returned earlier", "version-2"),
+    p(lambda e: {**e.request(), "state": {**e.state, "version": 3}}, St, r"state is not usable: "
+      r"'version' must be 2 \(or 1, from an older release\)\. Expected the state this function "
+      r"returned earlier", "version-3"),
     p(lambda e: {**e.request(), "state": {"tables": e.state["tables"]}}, St,
-      r"'version' must be 1", "version-missing"),
+      r"'version' must be 2", "version-missing"),
     p(st({"version": 1, "tables": []}), St, r"'tables' must be an object keyed by destination "
       r"table", "tables-list"),
     p(entry(source="public.orders"), St, r"it was written for table 'public\.orders' but the "

@@ -62,10 +62,10 @@ def test_same_state_gives_same_rows(pg, table_name):
 def test_empty_table_returns_unchanged_state_and_no_more(pg, table_name):
     """Regression: the seed returned `{}` at the end of a table, which Fivetran cannot parse."""
     pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at timestamp)")
-    for state in ({}, {"version": 1, "tables": {}}):
+    for state in ({}, {"version": 1, "tables": {}}, {"version": 2, "tables": {}, "done": []}):
         response = lf.lambda_handler({"state": state, "secrets": secrets_for(pg, table_name)}, None)
         assert response == {
-            "state": state,
+            "state": {"version": 2, "tables": {}, "done": []},
             "insert": {table_name: []},
             "schema": {table_name: {"primary_key": ["id"]}},
             "hasMore": False,

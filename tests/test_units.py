@@ -91,7 +91,7 @@ def test_defaults():
     assert (
         config.max_response_bytes == lf.DEFAULT_MAX_RESPONSE_BYTES < lf.LAMBDA_RESPONSE_LIMIT_BYTES
     )
-    assert config.primary_key is None and config.destination_table == "t"
+    assert config.tables == (lf.TableSpec(("t",), ("c",), None, "incremental", "t"),)
     secret = lf.parse_config({**BASE, "password": "S3cr3t-value"})
     assert "S3cr3t-value" not in repr(secret) and "S3cr3t-value" not in str(secret)
 
@@ -107,14 +107,16 @@ def test_defaults():
         ({"sslmode": "REQUIRE"}, ("sslmode", "require")),
         ({"statement_timeout_s": "2.5"}, ("statement_timeout_s", 2.5)),
         ({"lookback": "1h"}, ("lookback_s", 3600)),
-        ({"destination_table": "Orders"}, ("destination_table", "Orders")),
-        ({"table": "s.t"}, ("destination_table", "t")),
+        ({"destination_table": "Orders"}, ("destination", "Orders")),
+        ({"table": "s.t"}, ("destination", "t")),
     ],
 )
 def test_settings_parse(overrides, expected):
     secrets = {k: v for k, v in {**BASE, **overrides}.items() if v is not None}
     attribute, value = expected
-    assert getattr(lf.parse_config(secrets), attribute) == value
+    config = lf.parse_config(secrets)
+    holder = config.tables[0] if attribute in ("destination", "cursor", "primary_key") else config
+    assert getattr(holder, attribute) == value
 
 
 def test_unknown_settings_are_named_in_a_warning(caplog):
@@ -175,18 +177,53 @@ STATE_ENTRY = {
 }
 
 
-def test_state_round_trip_keeps_other_tables():
-    state = {"version": 1, "tables": {"t": STATE_ENTRY, "other": {"keep": "me"}}}
-    table_state = lf.read_state(state, "t")
-    assert table_state is not None and table_state.after == ("1", None)
-    assert lf.write_state(state, "t", table_state) == state
+def test_state_round_trip():
+    state = {"version": 2, "tables": {"t": {**STATE_ENTRY, "mode": "incremental"}}, "done": []}
+    sync = lf.read_state(state)
+    assert sync.tables["t"].after == ("1", None)
+    assert lf.write_state(sync) == state
+
+
+def test_a_v1_state_migrates_to_v2():
+    sync = lf.read_state({"version": 1, "tables": {"t": STATE_ENTRY}})
+    assert sync.tables["t"].mode == "incremental" and sync.done == ()
+    assert lf.write_state(sync)["version"] == 2
 
 
 def test_seed_style_state_resumes_from_its_cursor():
     """Users moving from Fivetran's sample function keep their position (ties re-sent)."""
-    table_state = lf.read_state({"cursor": "2024-01-01 00:00:00"}, "t")
-    assert table_state is not None and table_state.start == "2024-01-01 00:00:00"
-    assert table_state.after is None and table_state.source is None
+    seed = lf.read_state({"cursor": "2024-01-01 00:00:00"}).seed
+    assert seed is not None and seed.start == "2024-01-01 00:00:00"
+    assert seed.after is None and seed.source is None
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ([(1,), (2,), (3,), (7,), (8,)], [(2,), (3,), (8,), (9,)]),
+        ([(5,)], []),
+        ([], [(1,)]),
+        ([(1,), (2,), (3,), (4,), (5,), (6,)], [(3,)]),
+        ([("a",), ("b",), ("c",)], [("b",), ("d",)]),
+        ([(1, "x"), (1, "y"), (2, "x")], [(1, "y")]),
+        ([(1,), (2,)], [(1,), ("two",)]),  # mixed: falls back to values
+    ],
+)
+def test_key_sets_find_what_disappeared(first, second):
+    """A full table's key set: runs for one integer column, values otherwise."""
+    old, new = lf.KeySet().extended(first), lf.KeySet().extended(second)
+    gone = old.minus(new)
+    assert list(gone.keys()) == [k for k in first if k not in set(second)]
+    assert len(old) == len(set(first))
+    again = lf.KeySet.from_json(json.loads(json.dumps(old.to_json())), "keys")
+    assert list(again.keys()) == list(old.keys())
+    taken, rest = old.split(2)
+    assert taken + list(rest.keys()) == list(old.keys()) and len(taken) == min(2, len(old))
+
+
+def test_dense_integer_keys_are_a_few_runs():
+    keys = lf.KeySet().extended([(k,) for k in range(1, 1_000_001) if k != 500_000])
+    assert keys.to_json() == {"runs": [[1, 499_999], [500_001, 1_000_000]]}
 
 
 TEXT, INT8, BOOL, FLOAT8, JSONB = 25, lf.OID_INT8, lf.OID_BOOL, lf.OID_FLOAT8, lf.OID_JSONB
