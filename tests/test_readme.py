@@ -13,7 +13,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 def documented_settings() -> list[str]:
     section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
+    return re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.M)
 
 
 def test_every_setting_is_in_the_configuration_table_and_only_those():
@@ -22,8 +22,8 @@ def test_every_setting_is_in_the_configuration_table_and_only_those():
 
 def test_every_setting_the_code_reads_is_declared():
     source = (ROOT / "lambda_function.py").read_text(encoding="utf-8")
-    read = set(re.findall(r'secrets(?:\.get\(|, )"([a-z_]+)"', source))
-    read |= set(re.findall(r'_setting\(\s*secrets,\s*"([a-z_]+)"', source))
+    read = set(re.findall(r'secrets(?:\.get\(|, )"([a-z0-9_]+)"', source))
+    read |= set(re.findall(r'_setting\(\s*secrets,\s*"([a-z0-9_]+)"', source))
     assert read and read <= set(lf.SETTINGS), read - set(lf.SETTINGS)
 
 

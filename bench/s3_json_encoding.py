@@ -1,0 +1,102 @@
+"""How to encode rows for the S3 payload: one json.dumps per row, or one per page of rows.
+
+Not part of the test suite. Rows like the demo's orders table (8 columns: ints, text, decimal
+text, timestamps, unicode, NULLs), 200,000 of them in pages of 5,000; prints ms and MB/s.
+
+    .venv/bin/python bench/s3_json_encoding.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import s3_output_draft as s3o
+
+ROWS, PAGE, REPEATS = 200_000, 5_000, 5
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+
+
+def make_rows() -> list[dict[str, object]]:
+    return [
+        {
+            "id": i,
+            "customer_id": i % 9973,
+            "status": ("new", "paid", "shipped", "cancelled")[i % 4],
+            "amount": f"{i % 100_000}.{i % 100:02d}",
+            "note": None if i % 7 == 0 else f"order {i} für Jürgen ✓",
+            "created_at": f"2024-01-{1 + i % 28:02d}T10:{i % 60:02d}:00.123456",
+            "updated_at": f"2024-03-{1 + i % 28:02d}T12:{i % 60:02d}:00Z",
+            "is_gift": i % 11 == 0,
+        }
+        for i in range(ROWS)
+    ]
+
+
+def per_row(rows: list[dict[str, object]]) -> int:
+    encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+    sink = Sink()
+    stream = s3o.JsonObjectStream(sink)
+    stream.begin_table("orders")
+    for start in range(0, len(rows), PAGE):
+        stream.row_texts([encode(row) for row in rows[start : start + PAGE]])
+    stream.end_table()
+    return stream.finish()
+
+
+def per_page(rows: list[dict[str, object]]) -> int:
+    sink = Sink()
+    stream = s3o.JsonObjectStream(sink)
+    stream.begin_table("orders")
+    for start in range(0, len(rows), PAGE):
+        stream.rows(rows[start : start + PAGE])
+    stream.end_table()
+    return stream.finish()
+
+
+def per_row_dumps(rows: list[dict[str, object]]) -> int:
+    """json.dumps(row, ...) called as a function each time (keyword parsing every call)."""
+    sink = Sink()
+    stream = s3o.JsonObjectStream(sink)
+    stream.begin_table("orders")
+    for start in range(0, len(rows), PAGE):
+        stream.row_texts(
+            [
+                json.dumps(row, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+                for row in rows[start : start + PAGE]
+            ]
+        )
+    stream.end_table()
+    return stream.finish()
+
+
+def main() -> None:
+    rows = make_rows()
+    for name, func in (
+        ("per row, json.dumps(row, ...)", per_row_dumps),
+        ("per row, a JSONEncoder's encode", per_row),
+        ("per page, one encode per 5,000 rows", per_page),
+    ):
+        best, size = float("inf"), 0
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            size = func(rows)
+            best = min(best, time.perf_counter() - t0)
+        print(
+            f"{name:40s} {best * 1000:7.1f} ms  {size / best / 1e6:6.1f} MB/s  "
+            f"{ROWS / best / 1e3:6.0f} k rows/s  ({size} bytes)"
+        )
+
+
+if __name__ == "__main__":
+    main()
