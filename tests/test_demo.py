@@ -1,5 +1,6 @@
-"""The README's first command works: scripts/demo.py copies a table exactly into DuckDB, then
-its changes; ``--serve`` gives a server the README's local-run commands work against; and
+"""The README's first command works: scripts/demo.py copies three tables of different modes
+exactly into DuckDB, then their changes and deletes, directly and through S3 (``--s3``);
+``--serve`` gives a server the README's local-run commands work against; and
 scripts/warehouse.py applies Fivetran responses (upserts, deletes, soft deletes) to DuckDB."""
 
 from __future__ import annotations
@@ -24,44 +25,60 @@ from warehouse import Warehouse, WarehouseError  # noqa: E402
 SCHEMA = {"orders": {"primary_key": ["id"]}}
 
 
-@pytest.mark.slow
-def test_demo_full_and_incremental_sync_match(tmp_path: Path) -> None:
-    target = tmp_path / "copy.duckdb"
+def run_demo(*args: str) -> str:
+    """scripts/demo.py with these arguments; its stdout, after checking it succeeded."""
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "demo.py"),
-            "--rows",
-            "3000",
-            "--max-response-bytes",
-            "60000",
-            "--duckdb",
-            str(target),
-            "--quiet",
-        ],
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         encoding="utf-8",
-        timeout=120,
+        timeout=180,
         check=False,
     )
-    out = result.stdout
-    assert result.returncode == 0, f"stdout:\n{out}\nstderr:\n{result.stderr}"
-    assert len(re.findall(r"^\s*MATCH$", out, re.M)) == 2, out  # full, then incremental
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result.stdout
+
+
+def check_three_tables(out: str, rows: int, target: Path) -> None:
+    """Both syncs of all three tables proved by checksums; the incremental sync delivered
+    exactly the changes; the DuckDB file holds the copy and the soft-deleted products."""
+    assert len(re.findall(r"^\s+DuckDB .* MATCH$", out, re.M)) == 6, out  # 3 tables, 2 syncs
     assert "MISMATCH" not in out
+    for table in ("orders", "order_lines", "products"):
+        assert len(re.findall(rf"^  {table} +PostgreSQL", out, re.M)) == 2, table
+    lines = rows // 8
+    new = [rows + 1, rows + 2, rows + 3]
     assert re.search(
-        r"incremental sync delivered \d+ rows: the changed ids \[1, 1501, 3001, 3002, 3003\] "
-        r"\(exactly the changed rows\), and the \d+ rows at the last delivered cursor value again",
+        rf"orders: \d+ rows: the changed id 1, {rows // 2 + 1}, {', '.join(map(str, new))} "
+        r"\(exactly the changed rows\), and the \d+ rows at the last delivered updated_at again",
         out,
-    )
-    assert " batch " not in out  # --quiet
+    ), out
+    changed_lines = ["1/1", f"{lines}/1", *(f"{o}/{n}" for o in new for n in (1, 2))]
+    assert re.search(
+        rf"order_lines: \d+ rows: the changed order_id/line_no {', '.join(changed_lines)} "
+        r"\(exactly the changed rows\), and the \d+ rows at the last delivered updated_at again",
+        out,
+    ), out
+    assert re.search(
+        r"products: 498 rows, the whole table re-read \(every live row once\), and 3 deleted "
+        r"keys P0007, P0250, P0499 \(exactly the deleted rows; softDelete\)",
+        out,
+    ), out
+    assert re.search(
+        r"DuckDB also keeps 3 soft-deleted row\(s\), flagged _fivetran_deleted = true: "
+        r"P0007, P0250, P0499 \(exactly the rows deleted from the source\)",
+        out,
+    ), out
     assert "password=(hidden)" in out
     assert re.search(r"its directory .* was removed", out)
 
     # The DuckDB file stays, holds the copy, and the printed command queries it.
     with duckdb.connect(str(target), read_only=True) as con:
-        assert con.sql("SELECT count(*) FROM orders").fetchall() == [(3003,)]
+        count = "SELECT count(*), count(*) FILTER (WHERE _fivetran_deleted) FROM "
+        assert con.sql(count + "orders").fetchall() == [(rows + 3, 0)]
+        assert con.sql(count + "products").fetchall() == [(501, 3)]
+        [(line_count, _)] = con.sql(count + "order_lines").fetchall()
         types = dict(
             con.sql(
                 "SELECT column_name, data_type FROM information_schema.columns "
@@ -72,6 +89,7 @@ def test_demo_full_and_incremental_sync_match(tmp_path: Path) -> None:
             "SELECT count(*) FROM orders WHERE status = 'refunded' "
             "AND note = 'refunded by the demo'"
         ).fetchall()
+    assert line_count > lines
     assert types["id"] == "BIGINT" and types["amount"] == "VARCHAR", types
     assert types["_fivetran_deleted"] == "BOOLEAN", types
     assert refunded == 2
@@ -81,7 +99,40 @@ def test_demo_full_and_incremental_sync_match(tmp_path: Path) -> None:
     query = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    assert "refunded" in query.stdout and "pending" in query.stdout, query.stdout
+    assert "kitchen" in query.stdout and "gifts" in query.stdout, query.stdout
+
+
+@pytest.mark.slow
+def test_demo_copies_three_tables_and_their_changes(tmp_path: Path) -> None:
+    """Issue 9: orders (incremental, ties), order_lines (incremental, composite key) and
+    products (full refresh, deletes) in one connector, source = destination by checksum."""
+    target = tmp_path / "copy.duckdb"
+    out = run_demo(
+        "--rows", "3000", "--max-response-bytes", "60000", "--duckdb", str(target), "--quiet"
+    )
+    check_three_tables(out, 3000, target)
+    assert " batch " not in out  # --quiet
+    assert re.search(r"Full sync .*\n.*\n  done: \d\d+ invocation\(s\)", out), out  # 60 kB each
+    assert "S3" not in out
+
+
+@pytest.mark.slow
+def test_demo_through_s3(tmp_path: Path) -> None:
+    """Issue 10: the same demo through Fivetran's sync through S3, on a SeaweedFS server the
+    demo starts on loopback: each invocation writes s3://<bucket>/<sync_id>/<n>.json, which
+    the demo reads back and applies with the returned schema and softDelete."""
+    target = tmp_path / "s3.duckdb"
+    out = run_demo("--s3", "--rows", "6000", "--s3-max-bytes", "1048576", "--duckdb", str(target))
+    check_three_tables(out, 6000, target)
+    objects = re.findall(
+        r"s3://fivetran-demo-sync/([0-9a-f-]{36})/(\d+)\.json +(\d+\.\d\d) MB", out
+    )
+    full = [o for o in objects if o[0] == objects[0][0]]
+    assert [n for _, n, _ in full] == [str(i) for i in range(1, len(full) + 1)]
+    assert len(full) >= 2 and all(float(mb) <= 1.1 for _, _, mb in full), objects
+    counts = re.findall(r"(\d+) S3 object\(s\), [\d.]+ MB in all .*s3_max_bytes=1,048,576", out)
+    assert counts == [str(len(full)), str(len(objects) - len(full))], out
+    assert re.search(r"Stopped the S3 server; its directory .* was removed", out)
 
 
 @pytest.mark.slow
