@@ -1,14 +1,32 @@
-"""Copy a Redshift table to Fivetran, batch after batch, exactly.
+"""Copy Redshift tables to Fivetran, batch after batch, exactly.
 
-An AWS Lambda function for Fivetran's "AWS Lambda" connector. Each invocation reads the next
-slice of one table in (cursor..., primary key...) order with a keyset query, and returns it
-as Fivetran's JSON response (``state``, ``insert``, ``schema``, ``hasMore``). Later syncs pick
-up only new and changed rows. See README.md for the settings and how paging works.
+An AWS Lambda function for Fivetran's "AWS Lambda" connector (and, through ``connector.py``,
+the core of a Connector SDK connector). Each invocation reads the next slice of the configured
+tables, each in (cursor..., primary key...) order with a keyset query (or, for a full-refresh
+table, in key order, finding the rows that disappeared), and returns it as Fivetran's JSON
+response (``state``, ``insert``, ``delete``, ``schema``, ``hasMore``), or writes it to the S3
+object Fivetran names. See README.md for the settings and how it works.
 
-The file is laid out top to bottom: constants, errors, names, configuration, state, SQL
-building, value encoding, batch assembly, credentials (auth=iam), database I/O, the core read,
-the Lambda handler, the command line. Everything above "Database I/O" is pure, except the one
-AWS call in "Credentials" (fetch_iam_credentials).
+Map, top to bottom (everything above "Credentials" is pure):
+
+- Constants, Errors
+- Names: identifiers parsed and quoted through one helper
+- Configuration: every setting validated up front; TableSpec per table
+- State: version 2, an entry per destination table; KeySet for full-refresh tables
+- SQL building: keyset pages, tie groups, catalog and session statements
+- Value encoding: one Codec per base type (decode, JSON size, position text, orderability,
+  tie comparison)
+- Batch assembly, the pager: ``read_batch`` reads one table's pages from a position under a
+  byte budget, settles the end of the batch with the database, streams to a sink if given
+- Credentials: ``login_credentials`` (password, or temporary IAM credentials from AWS)
+- Database I/O: the wire protocol (one round trip per query, rows streamed in chunks under
+  a byte cap), ``Source`` (one read-only REPEATABLE READ session), catalog lookup
+- S3 output: ``S3Upload`` and ``JsonObjectStream`` for Fivetran's sync through S3
+- Batch assembly across tables, the outputs: ``Response`` (the Lambda response, or the S3
+  object's rows and the small returned response), ``serve_table``, full-refresh deletes
+- Lambda handler: ``lambda_handler``, ``run_invocation`` (for callers without the Lambda
+  envelope), the setup test, ``describe_tables``
+- Command line: ``python lambda_function.py EVENT.json``
 """
 
 from __future__ import annotations
@@ -83,8 +101,6 @@ OID_BOOL, OID_BYTEA, OID_INT8, OID_INT2, OID_INT4, OID_OID = 16, 17, 20, 21, 23,
 OID_JSON, OID_JSONB, OID_FLOAT4, OID_FLOAT8 = 114, 3802, 700, 701
 OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_NUMERIC, OID_DATE = 1114, 1184, 1700, 1082
 OID_INTERVAL = 1186
-UNORDERABLE_OIDS = {OID_JSON, OID_JSONB, OID_FLOAT4, OID_FLOAT8}
-TEXT_OIDS = {19, 25, 1042, 1043}  # name, text, char(n), varchar
 
 # The settings (the connector's secrets): name -> one-line meaning. README's table lists them.
 SETTINGS: dict[str, str] = {
@@ -1272,42 +1288,104 @@ def _json_in(text: str) -> JSONValue:
     return _json_decode(text)
 
 
-IN_ADAPTERS: dict[int, Callable[[str], JSONValue]] = {
-    OID_BOOL: _bool_in,
-    OID_INT2: int,
-    OID_INT4: int,
-    OID_INT8: int,
-    OID_OID: int,
-    OID_FLOAT4: _float_in,
-    OID_FLOAT8: _float_in,
-    OID_NUMERIC: str,  # exact: the server's digits, never a float
-    OID_TIMESTAMP: _timestamp_in,
-    OID_TIMESTAMPTZ: _timestamptz_in,
-    OID_BYTEA: _bytea_in,
-    OID_JSON: _json_in,
-    OID_JSONB: _json_in,
+def _timestamp_position(value: str) -> str:
+    if len(value) > 18 and value[10] == "T":
+        return value[:10] + " " + value[11:]
+    return value  # infinity, BC
+
+
+def _timestamptz_position(value: str) -> str:
+    text = _timestamp_position(value)
+    return text[:-1] + "+00" if text != value and text.endswith("Z") else text
+
+
+def _bytea_position(value: str) -> str:
+    return "\\x" + base64.b64decode(value).hex()
+
+
+def _loose_text(value: JSONValue) -> JSONValue:
+    """Text as a case-, accent- and trailing-blank-insensitive collation might compare it."""
+    if not isinstance(value, str):
+        return value
+    decomposed = unicodedata.normalize("NFKD", value)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold().rstrip()
+
+
+def _loose_numeric(value: JSONValue) -> JSONValue:
+    try:
+        return str(Decimal(value).normalize()) if isinstance(value, str) else value
+    except InvalidOperation:
+        return value
+
+
+def _same(value: JSONValue) -> JSONValue:
+    return value
+
+
+@dataclass(frozen=True)
+class Codec:
+    """What the function knows of one base type, in one place.
+
+    ``decode``: the server's text to a JSON value. ``size``: how a value's JSON length is
+    measured (``repr`` for numbers and booleans, whose repr has their JSON's length; ``encode``
+    for JSON documents; ``text`` for strings, by escaping). ``position``: an encoded value back
+    to the server's text, to bind it into the next query. ``orderable``: whether it can page
+    (floats and JSON cannot: NaN, no total order). ``loosen``: a comparison at least as loose
+    as the database's equality, to find rows it may hold equal (text under a collation or with
+    trailing blanks, numeric scales, intervals); exact for types whose encoded values are equal
+    exactly when the database holds them equal.
+    """
+
+    decode: Callable[[str], JSONValue] = str
+    size: str = "text"
+    position: Callable[[Any], str] = str
+    orderable: bool = True
+    loosen: Callable[[JSONValue], JSONValue] = _loose_text
+
+
+_EXACT_TEXT = Codec(loosen=_same)
+_INTEGER = Codec(decode=int, size="repr", loosen=_same)
+_FLOAT = Codec(decode=_float_in, size="repr", orderable=False, loosen=_same)
+_JSON = Codec(decode=_json_in, size="encode", orderable=False, loosen=_same)
+CODECS: dict[int, Codec] = {
+    OID_BOOL: Codec(_bool_in, "repr", lambda v: "true" if v else "false", loosen=_same),
+    OID_INT2: _INTEGER,
+    OID_INT4: _INTEGER,
+    OID_INT8: _INTEGER,
+    OID_OID: _INTEGER,
+    OID_FLOAT4: _FLOAT,
+    OID_FLOAT8: _FLOAT,
+    OID_NUMERIC: Codec(loosen=_loose_numeric),  # exact: the server's digits, never a float
+    OID_TIMESTAMP: Codec(_timestamp_in, position=_timestamp_position, loosen=_same),
+    OID_TIMESTAMPTZ: Codec(_timestamptz_in, position=_timestamptz_position, loosen=_same),
+    OID_DATE: _EXACT_TEXT,
+    1083: _EXACT_TEXT,  # time
+    2950: _EXACT_TEXT,  # uuid
+    OID_INTERVAL: Codec(loosen=lambda v: v is None),  # '1 day' = '24:00:00': the server says
+    OID_BYTEA: Codec(_bytea_in, position=_bytea_position, loosen=_same),
+    OID_JSON: _JSON,
+    OID_JSONB: _JSON,
 }
-# Every other type pg8000 would decode (date, time, uuid, interval, inet, arrays, ...) stays
-# as the server's text, like the types it does not know (Redshift SUPER, VARBYTE, GEOMETRY...).
+# Every other type (char, varchar, text, time with time zone, inet, arrays, enums, Redshift's
+# SUPER, VARBYTE, GEOMETRY...) is the server's text, compared loosely.
+TEXT_CODEC = Codec()
+
+
+def codec(type_oid: int) -> Codec:
+    return CODECS.get(type_oid, TEXT_CODEC)
+
+
+# What the connection decodes with: every type pg8000 knows, and any other, as text, but for
+# the codecs' own decoders.
 ALL_IN_ADAPTERS: dict[int, Callable[[str], JSONValue]] = {
     **dict.fromkeys(PG_TYPES, str),
-    **IN_ADAPTERS,
+    **{oid: c.decode for oid, c in CODECS.items()},
 }
 
 
 def position_text(type_oid: int, value: JSONValue) -> str | None:
     """The server's text of an encoded value, for binding it back into the next query."""
-    if value is None:
-        return None
-    if type_oid == OID_BOOL:
-        return "true" if value else "false"
-    text = str(value)
-    if type_oid in (OID_TIMESTAMP, OID_TIMESTAMPTZ) and len(text) > 18 and text[10] == "T":
-        text = text[:10] + " " + text[11:]
-        return text[:-1] + "+00" if type_oid == OID_TIMESTAMPTZ and text.endswith("Z") else text
-    if type_oid == OID_BYTEA:
-        return "\\x" + base64.b64decode(text).hex()
-    return text
+    return None if value is None else codec(type_oid).position(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1325,13 +1403,6 @@ def json_size(value: JSONValue) -> int:
     return len(_encode(value))
 
 
-# How a column's values are measured once encoded: by repr (integers, booleans and floats,
-# whose repr has the length of their JSON, and None's has that of null), by escaping (text), or
-# by encoding (JSON values).
-REPR_SIZED_OIDS = {OID_BOOL, OID_INT2, OID_INT4, OID_INT8, OID_OID, OID_FLOAT4, OID_FLOAT8}
-ENCODE_SIZED_OIDS = {OID_JSON, OID_JSONB}
-
-
 def page_sizer(columns: Sequence[Column]) -> Callable[[Sequence[Sequence[JSONValue]]], list[int]]:
     """A function giving, for a page of rows (as value lists), each row's serialised size
     plus 2 for its ", " separator: ``json_size(dict(zip(names, values))) + 2``.
@@ -1340,14 +1411,8 @@ def page_sizer(columns: Sequence[Column]) -> Callable[[Sequence[Sequence[JSONVal
     """
     names = [c.name for c in columns]
     fixed = 2 + sum(len(_escape(n)) + 4 for n in names)  # {}, '"k": ' and ', ' per column
-    kinds = [
-        repr
-        if c.type_oid in REPR_SIZED_OIDS
-        else _encode
-        if c.type_oid in ENCODE_SIZED_OIDS
-        else None
-        for c in columns
-    ]
+    measures: dict[str, Callable[[Any], str] | None] = {"repr": repr, "encode": _encode}
+    kinds = [measures.get(codec(c.type_oid).size) for c in columns]
 
     def sizes(page: Sequence[Sequence[JSONValue]]) -> list[int]:
         if not page:
@@ -1388,48 +1453,6 @@ class Page:
 # Runs one query in the invocation's read-only transaction, keeping at most about max_bytes of
 # the server's row data (at least two rows).
 Fetch = Callable[[str, dict[str, str | None], int], Page]
-
-# Types whose encoded values are equal exactly when the database holds them equal. For the
-# others (text under a collation or with trailing blanks, numeric scales, intervals, types we
-# do not know) a looser comparison finds the candidates, and the database decides.
-EXACT_EQUALITY_OIDS = {
-    OID_BOOL,
-    OID_BYTEA,
-    OID_INT2,
-    OID_INT4,
-    OID_INT8,
-    OID_OID,
-    OID_DATE,
-    OID_TIMESTAMP,
-    OID_TIMESTAMPTZ,
-    1083,  # time
-    2950,  # uuid
-}
-
-
-def _loose_text(value: JSONValue) -> JSONValue:
-    """Text as a case-, accent- and trailing-blank-insensitive collation might compare it."""
-    if not isinstance(value, str):
-        return value
-    decomposed = unicodedata.normalize("NFKD", value)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold().rstrip()
-
-
-def _loose_numeric(value: JSONValue) -> JSONValue:
-    try:
-        return str(Decimal(value).normalize()) if isinstance(value, str) else value
-    except InvalidOperation:
-        return value
-
-
-def _loosener(column: Column) -> Callable[[JSONValue], JSONValue]:
-    if column.type_oid in EXACT_EQUALITY_OIDS:
-        return lambda value: value
-    if column.type_oid == OID_NUMERIC:
-        return _loose_numeric
-    if column.type_oid == OID_INTERVAL:  # '1 day' = '24:00:00': let the database say
-        return lambda value: value is None
-    return _loose_text
 
 
 def _read_cap(room: int) -> int:
@@ -1490,7 +1513,7 @@ def read_batch(
     names = [c.name for c in plan.columns]
     at = {c.name: i for i, c in enumerate(plan.columns)}
     order_at = [at[c.name] for c in order]
-    loosen = [_loosener(c) for c in order]
+    loosen = [codec(c.type_oid).loosen for c in order]
     sizes_of = page_sizer(plan.columns)
 
     def loose(values: Sequence[JSONValue]) -> tuple[JSONValue, ...]:
@@ -2569,7 +2592,7 @@ def load_plan(source: Source, spec: TableSpec, config: Config) -> TablePlan:
     source.table = plan.source
     for column in plan.order:
         setting = "cursor" if column.name in cursor else "primary_key"
-        if column.type_oid in UNORDERABLE_OIDS:
+        if not codec(column.type_oid).orderable:
             raise ConfigurationError(
                 f"setting '{setting}': column {display_name([column.name])} has type "
                 f"{column.sql_type}, which cannot page exactly; expected an integer, numeric, "
@@ -3404,7 +3427,9 @@ def _sync(
         logging.INFO,
         "batch",
         tables=len(response.inserts),
-        rows=sum(map(len, response.inserts.values())),
+        rows=response.stream.rows_written
+        if response.stream is not None
+        else sum(map(len, response.inserts.values())),
         deletes=sum(map(len, response.deletes.values())),
         bytes=sum(response.row_bytes.values()),
         pages=response.pages,
