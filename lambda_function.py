@@ -1492,6 +1492,7 @@ def read_batch(
     annotate: Callable[[TableState, list[list[JSONValue]]], TableState] | None = None,
     sink: Callable[[list[Row]], None] | None = None,
     max_read_bytes: int | None = None,
+    shared: bool = False,
 ) -> Batch:
     """Read the rows that follow ``previous``, as many as the limit and the byte budget allow.
 
@@ -1506,6 +1507,8 @@ def read_batch(
     batch go to it page by page, so memory holds one page and the run of rows that tie
     loosely with the last one (the only rows the end of the batch can still take back); the
     batch's ``rows`` are then that tail. ``max_read_bytes`` caps what one page keeps.
+    ``shared``: the response already holds other rows, so when nothing fits the room they left
+    the batch is empty with more to come, not an error.
     """
     if base is None:
         base = TableState(plan.source, plan.cursor, plan.primary_key)
@@ -1640,6 +1643,8 @@ def read_batch(
                     lookahead, has_more = None, True  # what follows differs from the group
                     continue
                 if not rows and not flushed:
+                    if shared:  # a response of its own may hold them
+                        return Batch(rows=[], state=None, has_more=True, row_bytes=0, pages=pages)
                     raise SourceError(
                         f"table {plan.source} has more rows with the same values of "
                         f"({', '.join(c.name for c in order)}) than fit in one response of "
@@ -1650,6 +1655,8 @@ def read_batch(
                 continue
         if not rows and not flushed:
             if lookahead is not None:
+                if shared:  # the room other tables left is too small; a new response is not
+                    return Batch(rows=[], state=None, has_more=True, row_bytes=0, pages=pages)
                 raise _row_too_large(plan, config)
             # The position stays; a sync that ends on an empty batch is still marked complete,
             # so the next sync starts as a new one.
@@ -3198,6 +3205,7 @@ def serve_table(source: Source, config: Config, spec: TableSpec, response: Respo
         annotate=annotate,
         sink=None if stream is None else stream.rows,
         max_read_bytes=None if stream is None else S3_READ_BYTES,
+        shared=response.has_content(),
     )
     response.pages += batch.pages
     if stream is not None:
