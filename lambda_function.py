@@ -1678,16 +1678,23 @@ def read_batch(
         )
         if annotate is not None:
             state = annotate(state, rows)
-        if overhead(state) + used - 2 <= config.max_response_bytes:  # exact, with the state
+        excess = overhead(state) + used - 2 - config.max_response_bytes  # exact, with the state
+        if excess <= 0:
             delivered = list(map(dict, map(zip, itertools.repeat(names), rows)))
             return Batch(
                 rows=delivered, state=state, has_more=has_more, row_bytes=used - 2, pages=pages
             )
         if not rows:
             raise _state_error(f"its entry for {plan.source} does not fit in a response")
+        # Give back rows worth the excess at once (each also takes its part of the state, if
+        # any, with it), then measure again: a few rounds, not one per row.
         shrinking = True
-        lookahead, has_more = rows.pop(), True
-        used -= sizes.pop()
+        given = 0
+        while rows and given < excess:
+            lookahead, has_more = rows.pop(), True
+            size = sizes.pop()
+            used -= size
+            given += size
 
 
 def _row_too_large(plan: TablePlan, config: Config) -> RowTooLargeError:

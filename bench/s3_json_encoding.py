@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import s3_output_draft as s3o
+import lambda_function as s3o
 
 ROWS, PAGE, REPEATS = 200_000, 5_000, 5
 
