@@ -2827,8 +2827,9 @@ def s3_client(time_left_s: float) -> Any:
 class S3Upload:
     """One object at (bucket, key), written as a stream of bytes.
 
-    ``write`` buffers and sends each full part (``part_bytes``) as soon as it is there, so
-    memory stays at about one part whatever the object's size; ``complete`` sends the rest and
+    ``write`` buffers and sends each full part (``part_bytes``) as soon as it is there, from a
+    worker thread, so reading goes on while a part travels (at most one part in flight, so
+    memory stays at about two parts whatever the object's size); ``complete`` sends the rest and
     finishes the object (one PutObject when it never reached a part), returning its size.
     Until ``complete`` returns, nothing is visible at the key. ``abort`` (and leaving the
     ``with`` block by an exception) aborts the multipart upload. Every S3 failure raises
@@ -2845,10 +2846,12 @@ class S3Upload:
         self.upload_id: str | None = None  # set once the multipart upload exists
         self.parts: list[dict[str, Any]] = []  # PartNumber and ETag of each part sent
         self.bytes_written = 0  # given to write() so far
-        # One buffer of one part, allocated at the first write and filled in place: never
-        # resized, and sent as it is (no copy of a part is ever made).
+        # A buffer of one part, filled in place: never resized, and sent as it is (no copy of
+        # a part is ever made). While it travels, a new one fills.
         self._buffer = bytearray()
         self._used = 0  # bytes of the buffer holding data
+        self._pool: Any = None  # the worker thread's executor, made at the first part
+        self._pending: tuple[Any, int] | None = None  # (future, part number) in flight
         self._done = False  # completed or aborted: no more writes
         self._started = time.monotonic()
 
@@ -2890,10 +2893,31 @@ class S3Upload:
             view = view[n:]
             if self._used == self.part_bytes:
                 self._send_part(self._buffer)  # the whole buffer, not a copy
+                self._buffer = bytearray(self.part_bytes)
                 self._used = 0
 
-    def _send_part(self, part: bytearray) -> None:
-        if len(self.parts) >= MAX_PARTS:
+    @property
+    def parts_sent(self) -> int:
+        """Parts handed to S3: those it confirmed and the one in flight."""
+        return len(self.parts) + (self._pending is not None)
+
+    def _wait(self) -> None:
+        """Wait for the part in flight; on failure abort and raise S3Error."""
+        if self._pending is None:
+            return
+        import botocore.exceptions
+
+        (future, number), self._pending = self._pending, None
+        try:
+            answer = future.result()
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            error = s3_error(e, "UploadPart", self.bucket, self.key, self._region())
+            self.abort()
+            raise error from None
+        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def _send_part(self, part: bytearray, *, wait: bool = False) -> None:
+        if self.parts_sent >= MAX_PARTS:
             self.abort()
             raise S3Error(
                 f"the object for bucket {shown(self.bucket)} (key {shown(self.key)}) would need "
@@ -2905,23 +2929,36 @@ class S3Upload:
                 "CreateMultipartUpload", "create_multipart_upload", ContentType=S3_CONTENT_TYPE
             )
             self.upload_id = str(answer["UploadId"])
+            import concurrent.futures
+
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, "s3-part")
+        self._wait()  # one part in flight at most: its buffer is then free again
         number = len(self.parts) + 1
-        answer = self._call(
-            "UploadPart", "upload_part", UploadId=self.upload_id, PartNumber=number, Body=part
+        future = self._pool.submit(
+            self.client.upload_part,
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=part,
         )
-        self.parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+        self._pending = (future, number)
+        if wait:
+            self._wait()
 
     def complete(self) -> int:
         """Finish the object; returns its size in bytes. Raises S3Error (upload aborted)."""
         if self._done:
             raise RuntimeError("S3Upload.complete after complete() or abort()")
+        self._wait()
         body, self._buffer = self._buffer, bytearray()
         del body[self._used :]  # the last part's data, truncated in place
         if self.upload_id is None:  # it never reached a part: one PutObject
             self._call("PutObject", "put_object", Body=body, ContentType=S3_CONTENT_TYPE)
         else:
             if body or not self.parts:
-                self._send_part(body)
+                self._send_part(body, wait=True)
+            self._stop_pool()
             self._call(
                 "CompleteMultipartUpload",
                 "complete_multipart_upload",
@@ -2945,6 +2982,11 @@ class S3Upload:
         AbortIncompleteMultipartUpload removes what remains)."""
         self._done = True
         self._buffer, self._used = bytearray(), 0
+        if self._pending is not None:  # let the part in flight end, whatever its outcome
+            (future, _), self._pending = self._pending, None
+            with contextlib.suppress(Exception):
+                future.result()
+        self._stop_pool()
         if self.upload_id is None:
             return
         try:
@@ -2962,6 +3004,11 @@ class S3Upload:
             )
             return
         self.upload_id = None
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 class ByteSink(Protocol):
