@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import sys
 from typing import Any
 
 import pg8000
@@ -93,6 +94,7 @@ def lambda_handler(
         "schema": {table: {"primary_key": [secrets["primary_key"]]}},
         "hasMore": len(fetched) >= limit,
     }
-    if echo:
-        print(response)
+    if echo:  # the sample prints every response, rows and all (the benchmark sends it to
+        # /dev/null): its cost is part of the baseline, the rows it would log are not ours
+        sys.stdout.write(f"{response}\n")
     return response
