@@ -824,17 +824,44 @@ def build_report(
     return "\n".join(out) + "\n"
 
 
-def write_benchmarks_md(path: Path, figures: str) -> None:
-    """Replace the section between the markers (create the file, or the markers, if missing)."""
-    section = f"{MARK_START}\n{figures}{MARK_END}\n"
-    text = path.read_text(encoding="utf-8") if path.exists() else INTRO
-    start, end = text.find(MARK_START), text.find(MARK_END)
-    if start != -1 and end > start:
-        tail = text[end + len(MARK_END) :].lstrip("\n")
-        text = text[:start] + section + ("\n" + tail if tail else "")
+def write_section(
+    path: Path,
+    figures: str,
+    *,
+    start: str = MARK_START,
+    end: str = MARK_END,
+    intro: str = "",
+    new_file: str = INTRO,
+) -> None:
+    """Replace one script's section of BENCHMARKS.md, between its markers. Without the file it
+    starts from ``new_file``; without the markers the section is appended after ``intro``."""
+    section = f"{start}\n{figures}{end}\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else new_file
+    first, last = text.find(start), text.find(end)
+    if first != -1 and last > first:
+        tail = text[last + len(end) :].lstrip("\n")
+        text = text[:first] + section + ("\n" + tail if tail else "")
     else:
-        text = text.rstrip("\n") + "\n\n" + section
+        text = text.rstrip("\n") + "\n\n" + (intro + "\n" if intro else "") + section
     path.write_text(text, encoding="utf-8")
+
+
+def write_benchmarks_md(path: Path, figures: str) -> None:
+    """This script's section (the first benchmark's)."""
+    write_section(path, figures)
+
+
+def print_report(
+    report: str, output: Path, *, write: bool, writer: Callable[[Path, str], None]
+) -> None:
+    """Print the figures; with ``write`` also put them into ``output``."""
+    print()
+    print(report)
+    if write:
+        writer(output, report)
+        print(f"wrote {output}")
+    else:
+        print(f"(printed only; --write puts these figures into {output})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -962,13 +989,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         imports=imports,
         wall_s=time.perf_counter() - started,
     )
-    print()
-    print(report)
-    if args.write:
-        write_benchmarks_md(args.output, report)
-        print(f"wrote {args.output}")
-    else:
-        print(f"(printed only; --write puts these figures into {args.output})")
+    print_report(report, args.output, write=args.write, writer=write_benchmarks_md)
     return 0
 
 

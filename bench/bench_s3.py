@@ -371,15 +371,9 @@ def build_report(
 
 def write_section(path: Path, figures: str) -> None:
     """Replace this script's section of BENCHMARKS.md (append it, with its intro, if missing)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    section = f"{MARK_START}\n{figures}{MARK_END}\n"
-    start, end = text.find(MARK_START), text.find(MARK_END)
-    if start != -1 and end > start:
-        tail = text[end + len(MARK_END) :].lstrip("\n")
-        text = text[:start] + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + INTRO + "\n" + section
-    path.write_text(text, encoding="utf-8")
+    bench.write_section(
+        path, figures, start=MARK_START, end=MARK_END, intro=INTRO, new_file="# Benchmarks\n"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -445,13 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         largest=largest,
         wall_s=time.perf_counter() - started,
     )
-    print()
-    print(report)
-    if args.write:
-        write_section(args.output, report)
-        print(f"wrote {args.output}")
-    else:
-        print(f"(printed only; --write puts these figures into {args.output})")
+    bench.print_report(report, args.output, write=args.write, writer=write_section)
     return 0
 
 

@@ -40,9 +40,10 @@ from typing import Any
 import pg8000.native
 import pytest
 from helpers import ROOT, check_response, secrets_for, sync
-from hypothesis import HealthCheck, Phase, event, given, note, settings
+from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from test_property import (
+    BULK_SETTINGS,
     LEAD_KINDS,
     TEXT_CHARS,
     TEXT_VALUE,
@@ -55,16 +56,9 @@ import lambda_function as lf
 sys.path.insert(0, str(ROOT / "scripts"))
 from warehouse import Warehouse
 
-EXAMPLES = int(os.environ.get("PROPERTY_TABLES_EXAMPLES", "50"))
-RANDOM = os.environ.get("PROPERTY_RANDOM") == "1"
+# test_property.py's settings (derandomised in CI, no shrinking then), with this file's count.
 TABLES_SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not RANDOM,
-    database=None if not RANDOM else settings.default.database,
-    print_blob=RANDOM,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    phases=list(Phase) if RANDOM else [Phase.explicit, Phase.reuse, Phase.generate],
+    BULK_SETTINGS, max_examples=int(os.environ.get("PROPERTY_TABLES_EXAMPLES", "50"))
 )
 MAX_ROWS = 20  # per table, at first
 MAX_CALLS = 2_000  # per sync: far more than any batching needs; reaching it means no end
