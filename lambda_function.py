@@ -37,6 +37,7 @@ import contextlib
 import contextvars
 import fnmatch
 import gc
+import hashlib
 import ipaddress
 import itertools
 import json
@@ -44,6 +45,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import socket
 import ssl
 import struct
@@ -51,10 +53,11 @@ import sys
 import time
 import traceback
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import pg8000.native
 from pg8000.converters import PG_TYPES
@@ -89,7 +92,7 @@ LOCAL_RUN_TIME_MS = 900_000  # time assumed when there is no Lambda context (loc
 TIME_MARGIN_MAX_MS = 15_000  # kept free at the end of an invocation to return cleanly
 MIN_TIME_LEFT_MS = 3_000  # below this an invocation refuses to start a query
 MIN_ROOM_BYTES = 2_000  # a table is served only with at least this much room left for rows
-STATE_VERSION = 2
+STATE_VERSION = 3
 MAX_IDENTIFIER_BYTES = 127  # Redshift's limit
 MAX_SHOWN_CHARS = 60  # a bad setting's value is echoed at most this long, escaped
 FIRST_USER_OID = 16_384  # PostgreSQL's FirstNormalObjectId: built-in types have smaller OIDs
@@ -120,6 +123,7 @@ SETTINGS: dict[str, str] = {
     "exclude": "comma-separated name patterns (*, ?) leaving tables of schema out",
     "deletes": "soft (default: _fivetran_deleted = true) or hard",
     "s3_max_bytes": "byte budget of one S3 object (sync through S3)",
+    "key_store": "s3://bucket/prefix where full tables' key sets go once too large for the state",
     "limit": "maximum rows per response",
     "max_response_bytes": "byte budget of one serialised response",
     "sslmode": "disable, require, verify-ca or verify-full",
@@ -192,6 +196,10 @@ class SourceError(ConnectorError):
 
 class SourceTimeoutError(SourceError):
     """A query or the connection ran out of time."""
+
+
+class NoPrimaryKeyError(ConfigurationError):
+    """A table (or view) without a declared primary key, and none configured."""
 
 
 class RowTooLargeError(ConnectorError):
@@ -359,6 +367,7 @@ class TableSpec:
     primary_key: tuple[str, ...] | None  # None: the table's declared key
     mode: str
     destination: str
+    selected: bool = False  # found by the schema selection (not listed in 'tables')
 
     @property
     def name(self) -> str:
@@ -401,6 +410,7 @@ class Config:
     statement_timeout_s: float | None
     lookback_s: int
     auth: AuthConfig | None = None  # None: log in with user and password
+    key_store: KeyStoreConfig | None = None  # None: full tables' key sets in the state only
 
 
 def _text_setting(secrets: Mapping[str, Any], key: str, *, required: bool) -> str | None:
@@ -546,6 +556,7 @@ def parse_config(secrets: Any) -> Config:
         statement_timeout_s=_seconds_setting(secrets, "statement_timeout_s", None),
         lookback_s=parse_duration_s(secrets.get("lookback"), "lookback"),
         auth=auth,
+        key_store=parse_key_store(_text_setting(secrets, "key_store", required=False)),
     )
     if config.sslrootcert is not None:  # fail now, before any connection, if the PEM does not load
         ssl_context(replace(config, sslmode=DEFAULT_SSLMODE))
@@ -775,107 +786,191 @@ def ssl_context(config: Config) -> ssl.SSLContext | bool:
 
 Key = tuple[JSONValue, ...]
 
+# Full-refresh key sets. A table's keys, in the order the database reads them, are kept in
+# parts: inline in the state while small, else in the S3 key store (the key_store setting).
+# Each part is one range of the next sync's re-read; a part is zlib over a compact text.
+INLINE_PART_KEYS = 2_000  # keys per inline part
+STORE_PART_KEYS = 100_000  # keys per key-store object at most
+TABLE_STATE_MAX_BYTES = 64_000  # a full table's entry in the state, at most
+CONNECTOR_STATE_MAX_BYTES = 1_000_000  # the whole state, at most
+INLINE_SET_MAX_BYTES = 24_000  # one key set kept in the state (two coexist during a sync)
+INLINE_SETS_MAX_BYTES = 400_000  # every full table's key sets kept in the state, together
+CONFIRM_KEYS = 500  # stored keys checked against the table in one query before they are deleted
+KEY_SAMPLE_ROWS = 1_000  # keys read to estimate what a table's key set weighs
+_KEYS_INT, _KEYS_TEXT = b"I", b"T"
+_JSON_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _is_int_key(key: Key) -> bool:
+    return len(key) == 1 and (type(key[0]) is int or key[0] is None)  # bool is not int here
+
+
+def encode_keys(keys: Sequence[Key]) -> bytes:
+    """A key sequence (in the database's order) as compact bytes: a one-column integer key as
+    runs of consecutive values (delta-coded, NULLs counted first), any other key front-coded
+    (each key's JSON text as the length it shares with the previous one, then the rest); then
+    zlib. Exact: ``decode_keys`` gives the same sequence back."""
+    nulls = 0
+    while nulls < len(keys) and keys[nulls] == (None,):
+        nulls += 1
+    ints = keys[nulls:]
+    if all(len(k) == 1 and type(k[0]) is int for k in ints):
+        runs: list[str] = [str(nulls)]
+        previous = 0
+        i = 0
+        while i < len(ints):
+            first = last = ints[i][0]
+            assert isinstance(first, int) and isinstance(last, int)
+            i += 1
+            while i < len(ints) and ints[i][0] == last + 1:
+                last += 1
+                i += 1
+            runs.append(f"{first - previous}+{last - first}")
+            previous = last
+        return _KEYS_INT + zlib.compress(",".join(runs).encode(), 9)
+    lines: list[str] = []
+    before = ""
+    for key in keys:
+        text = _JSON_COMPACT(list(key))
+        shared = len(os.path.commonprefix((before, text)))  # noqa: RUF071 (text)
+        lines.append(f"{shared} {text[shared:]}")
+        before = text
+    return _KEYS_TEXT + zlib.compress("\n".join(lines).encode(), 9)
+
+
+def decode_keys(data: bytes) -> list[Key]:
+    """The keys ``encode_keys`` wrote; ValueError if ``data`` is not such bytes."""
+    kind, body = data[:1], data[1:]
+    try:
+        text = zlib.decompress(body).decode()
+    except (zlib.error, UnicodeDecodeError) as e:
+        raise ValueError("not an encoded key set") from e
+    keys: list[Key] = []
+    if kind == _KEYS_INT:
+        nulls, *runs = text.split(",")
+        keys.extend([(None,)] * int(nulls))
+        previous = 0
+        for run in runs:
+            delta, length = run.split("+")
+            first = previous + int(delta)
+            previous = first + int(length)
+            keys.extend((k,) for k in range(first, previous + 1))
+        return keys
+    if kind != _KEYS_TEXT:
+        raise ValueError("not an encoded key set")
+    before = ""
+    for line in text.split("\n") if text else ():
+        shared, rest = line.split(" ", 1)
+        before = before[: int(shared)] + rest
+        value = json.loads(before)
+        if not isinstance(value, list):
+            raise ValueError("not an encoded key set")
+        keys.append(tuple(value))
+    return keys
+
+
+def encode_bits(bits: Sequence[bool]) -> str:
+    """A bitmap (which keys of a part are settled) as short text: zlib, then base64."""
+    data = bytearray((len(bits) + 7) // 8)
+    for i, bit in enumerate(bits):
+        if bit:
+            data[i >> 3] |= 1 << (i & 7)
+    return base64.b64encode(zlib.compress(bytes(data), 9)).decode()
+
+
+def decode_bits(text: str, count: int) -> list[bool]:
+    data = zlib.decompress(base64.b64decode(text, validate=True))
+    if len(data) != (count + 7) // 8:
+        raise ValueError("bitmap of the wrong length")
+    return [bool(data[i >> 3] & (1 << (i & 7))) for i in range(count)]
+
+
+_GENERATION = re.compile(r"[0-9a-f]{16}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
 
 @dataclass(frozen=True)
-class KeySet:
-    """Primary key values in key order, kept compact: a one-column integer key as runs of
-    consecutive values (a dense id column of any size is a few runs), any other key as its
-    values. What a full-refresh table remembers to find the rows that disappeared."""
+class StoredSet:
+    """Where one key set lives: ``inline`` parts (base64 of ``encode_keys``) in the state, or
+    generation ``gen`` of the key store, ``parts`` objects listed by a manifest whose SHA-256 is
+    ``manifest``. ``count`` keys in all, ``sizes`` the keys of each part."""
 
-    runs: tuple[tuple[int, int], ...] = ()
-    items: tuple[Key, ...] = ()
+    count: int = 0
+    inline: tuple[str, ...] = ()
+    sizes: tuple[int, ...] = ()
+    gen: str | None = None
+    manifest: str | None = None
 
-    def __len__(self) -> int:
-        return sum(b - a + 1 for a, b in self.runs) + len(self.items)
-
-    def keys(self) -> Iterable[Key]:
-        for a, b in self.runs:
-            yield from ((k,) for k in range(a, b + 1))
-        yield from self.items
-
-    def extended(self, keys: Sequence[Key]) -> KeySet:
-        """This set and ``keys``, which follow its last key in key order."""
-        if not self.items and all(
-            len(k) == 1 and type(k[0]) is int for k in keys
-        ):  # bool is not int here
-            runs = [list(r) for r in self.runs]
-            for (k,) in keys:
-                if runs and runs[-1][0] <= k <= runs[-1][1] + 1:
-                    runs[-1][1] = max(runs[-1][1], k)  # a twin repeats the last key
-                else:
-                    runs.append([k, k])
-            return KeySet(runs=tuple((a, b) for a, b in runs))
-        items = list(self.keys()) if self.runs else list(self.items)
-        items.extend(k for k in keys if not items or k != items[-1])
-        return KeySet(items=tuple(items))
-
-    def minus(self, other: KeySet) -> KeySet:
-        """The keys of this set that ``other`` does not hold, in order."""
-        if self.items or other.items:
-            present = set(other.keys())
-            return KeySet(items=tuple(k for k in self.keys() if k not in present))
-        out: list[tuple[int, int]] = []
-        j = 0
-        for a, b in self.runs:
-            while j < len(other.runs) and other.runs[j][1] < a:
-                j += 1
-            k = j
-            while a <= b:
-                if k < len(other.runs) and other.runs[k][0] <= b:
-                    lo, hi = other.runs[k]
-                    if lo > a:
-                        out.append((a, lo - 1))
-                    a = max(a, hi + 1)
-                    k += 1
-                else:
-                    out.append((a, b))
-                    break
-        return KeySet(runs=tuple(out))
-
-    def split(self, count: int) -> tuple[list[Key], KeySet]:
-        """The first ``count`` keys, and the set of the others."""
-        taken: list[Key] = []
-        runs = list(self.runs)
-        while runs and len(taken) < count:
-            a, b = runs.pop(0)
-            n = min(b - a + 1, count - len(taken))
-            taken.extend((k,) for k in range(a, a + n))
-            if a + n <= b:
-                runs.insert(0, (a + n, b))
-        items = self.items
-        if len(taken) < count:
-            n = count - len(taken)
-            taken.extend(items[:n])
-            items = items[n:]
-        return taken, KeySet(runs=tuple(runs), items=items)
+    @property
+    def parts(self) -> int:
+        return len(self.sizes)
 
     def to_json(self) -> dict[str, Any]:
-        if self.items:
-            return {"items": [list(k) for k in self.keys()]}
-        return {"runs": [list(r) for r in self.runs]}
+        if self.gen is None:
+            return {"count": self.count, "sizes": list(self.sizes), "inline": list(self.inline)}
+        return {
+            "count": self.count,
+            "parts": self.parts,
+            "gen": self.gen,
+            "manifest": self.manifest,
+        }
 
     @staticmethod
-    def from_json(value: Any, what: str) -> KeySet:
+    def from_json(value: Any, what: str) -> StoredSet | None:
         if value is None:
-            return KeySet()
-        if isinstance(value, Mapping) and set(value) == {"runs"}:
-            runs = value["runs"]
-            if isinstance(runs, list) and all(
-                isinstance(r, list)
-                and len(r) == 2
-                and all(type(v) is int for v in r)
-                and r[0] <= r[1]
-                for r in runs
+            return None
+        problem = f"'{what}' must be a key set this function wrote"
+        if not isinstance(value, Mapping) or not _whole(value.get("count")):
+            raise _state_error(problem)
+        count = int(value["count"])
+        if "gen" in value:
+            gen, manifest, parts = value.get("gen"), value.get("manifest"), value.get("parts")
+            if not (
+                isinstance(gen, str)
+                and _GENERATION.fullmatch(gen)
+                and isinstance(manifest, str)
+                and _DIGEST.fullmatch(manifest)
+                and _whole(parts)
             ):
-                return KeySet(runs=tuple((a, b) for a, b in runs))
-        if isinstance(value, Mapping) and set(value) == {"items"}:
-            items = value["items"]
-            if isinstance(items, list) and all(isinstance(k, list) for k in items):
-                return KeySet(items=tuple(tuple(k) for k in items))
-        raise _state_error(
-            f"'{what}' must be {{\"runs\": [[first, last], ...]}} or "
-            f'{{"items": [[key values], ...]}}'
-        )
+                raise _state_error(problem)
+            # The sizes of the parts come from the (verified) manifest.
+            return StoredSet(count, sizes=(0,) * int(parts), gen=gen, manifest=manifest)
+        inline, sizes = value.get("inline"), value.get("sizes")
+        if not (
+            isinstance(inline, list)
+            and all(isinstance(p, str) for p in inline)
+            and isinstance(sizes, list)
+            and all(_whole(s) for s in sizes)
+            and len(sizes) == len(inline)
+            and sum(sizes) == count
+        ):
+            raise _state_error(problem)
+        return StoredSet(count, tuple(inline), tuple(sizes))
+
+
+def _whole(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def inline_parts(keys: Sequence[Key]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``keys`` as inline parts of at most INLINE_PART_KEYS keys, and the size of each."""
+    parts, sizes = [], []
+    for i in range(0, len(keys), INLINE_PART_KEYS):
+        chunk = keys[i : i + INLINE_PART_KEYS]
+        parts.append(base64.b64encode(encode_keys(chunk)).decode())
+        sizes.append(len(chunk))
+    return tuple(parts), tuple(sizes)
+
+
+def inline_part(stored: StoredSet, index: int) -> list[Key]:
+    """The keys of one inline part, checked against the size the state gives it."""
+    try:
+        keys = decode_keys(base64.b64decode(stored.inline[index], validate=True))
+    except ValueError:
+        keys = None
+    if keys is None or len(keys) != stored.sizes[index]:
+        raise _state_error(f"inline key part {index} is damaged")
+    return keys
 
 
 @dataclass(frozen=True)
@@ -890,9 +985,15 @@ class TableState:
     bytes_per_row: int | None = None  # learnt from the previous batch, sizes the next read
     start: str | None = None  # resume at leading cursor >= start (seed-style state only)
     mode: str = "incremental"
-    keys: KeySet | None = None  # full: the keys the last finished sync delivered
-    seen: KeySet | None = None  # full: the keys this sync has delivered so far
-    deleting: KeySet | None = None  # full: keys gone from the source, deletes still to send
+    # Full refresh (see FullRefresh): the keys the last finished sync delivered, those this
+    # sync delivered so far, and where the re-read stands: the range of stored part ``part``,
+    # its phase (reading or deleting) and which of the part's keys are settled (a bitmap).
+    keys: StoredSet | None = None
+    next: StoredSet | None = None
+    phase: str = "reading"
+    part: int = 0
+    settled: str | None = None
+    pending: tuple[Key, ...] = ()  # in memory only: keys delivered, not yet in ``next``
 
 
 @dataclass(frozen=True)
@@ -952,8 +1053,7 @@ def _table_state(destination: str, entry: Any) -> TableState:
     mode = entry.get("mode", "incremental")
     if mode not in MODES:
         raise _state_error(f"'mode' must be one of {', '.join(MODES)}")
-    full = mode == "full"
-    return TableState(
+    table = TableState(
         source=source,
         cursor=_string_list(entry.get("cursor", []), "cursor"),
         primary_key=_string_list(entry.get("primary_key"), "primary_key"),
@@ -961,10 +1061,59 @@ def _table_state(destination: str, entry: Any) -> TableState:
         complete=complete,
         bytes_per_row=bytes_per_row,
         mode=mode,
-        keys=KeySet.from_json(entry.get("keys"), "keys") if full else None,
-        seen=KeySet.from_json(entry.get("seen"), "seen") if full else None,
-        deleting=KeySet.from_json(entry.get("deleting"), "deleting") if full else None,
     )
+    if mode != "full":
+        return table
+    if "phase" not in entry:
+        return _legacy_full_entry(table, entry)
+    phase, part, settled = entry.get("phase"), entry.get("part"), entry.get("settled")
+    if phase not in FULL_PHASES:
+        raise _state_error(f"'phase' must be one of {', '.join(FULL_PHASES)}")
+    if not _whole(part):
+        raise _state_error("'part' must be a whole number")
+    if settled is not None and not isinstance(settled, str):
+        raise _state_error("'settled' must be a string or null")
+    return replace(
+        table,
+        keys=StoredSet.from_json(entry.get("keys"), "keys"),
+        next=StoredSet.from_json(entry.get("next"), "next"),
+        phase=phase,
+        part=part,
+        settled=settled,
+    )
+
+
+FULL_PHASES = ("reading", "deleting")
+
+
+def _legacy_full_entry(table: TableState, entry: Mapping[str, Any]) -> TableState:
+    """A full table's entry from state version 1 or 2: its whole key set (and the keys still to
+    delete) as JSON. They become the stored key set, and the table's sync starts over: the
+    re-read finds its deletes again (each one checked against the table)."""
+    keys: list[Key] = []
+    for name in ("keys", "deleting"):
+        value = entry.get(name)
+        if value is None:
+            continue
+        if (
+            isinstance(value, Mapping)
+            and set(value) == {"runs"}
+            and isinstance(value["runs"], list)
+        ):
+            runs = value["runs"]
+            if all(
+                isinstance(r, list) and len(r) == 2 and all(type(v) is int for v in r) for r in runs
+            ):
+                keys.extend((k,) for a, b in runs for k in range(a, b + 1))
+                continue
+        if isinstance(value, Mapping) and set(value) == {"items"}:
+            items = value["items"]
+            if isinstance(items, list) and all(isinstance(k, list) for k in items):
+                keys.extend(tuple(k) for k in items)
+                continue
+        raise _state_error(f"'{name}' must be a key set this function wrote")
+    inline, sizes = inline_parts(keys)
+    return replace(table, after=None, complete=True, keys=StoredSet(len(keys), inline, sizes))
 
 
 def read_state(state: Any) -> SyncState:
@@ -978,12 +1127,12 @@ def read_state(state: Any) -> SyncState:
     if "tables" not in state and set(state) == {"cursor"}:
         return SyncState(seed=_seed_state(state["cursor"]))
     version = state.get("version")
-    if version not in (1, STATE_VERSION):
-        raise _state_error(f"'version' must be {STATE_VERSION} (or 1, from an older release)")
+    if version not in (1, 2, STATE_VERSION):
+        raise _state_error(f"'version' must be {STATE_VERSION} (or 1 or 2, from older releases)")
     tables = state.get("tables")
     if not isinstance(tables, Mapping):
         raise _state_error("'tables' must be an object keyed by destination table")
-    done = state.get("done", []) if version == STATE_VERSION else []
+    done = state.get("done", []) if version != 1 else []
     return SyncState(
         tables={str(d): _table_state(str(d), e) for d, e in tables.items()},
         done=_string_list(done, "done"),
@@ -1001,10 +1150,26 @@ def _entry_json(table: TableState) -> dict[str, Any]:
         "bytes_per_row": table.bytes_per_row,
     }
     if table.mode == "full":
-        for name in ("keys", "seen", "deleting"):
-            keys = getattr(table, name)
-            entry[name] = None if keys is None else keys.to_json()
+        entry["keys"] = None if table.keys is None else table.keys.to_json()
+        entry["next"] = _next_json(table.next, table.pending)
+        entry["phase"], entry["part"], entry["settled"] = table.phase, table.part, table.settled
     return entry
+
+
+def _next_json(stored: StoredSet | None, pending: Sequence[Key]) -> dict[str, Any] | None:
+    """The new key set as the state will hold it once ``pending`` is written (sized exactly
+    inline; in the key store the same length, its new manifest's digest not yet known)."""
+    if not pending:
+        return None if stored is None else stored.to_json()
+    if stored is not None and stored.gen is not None:
+        extra = -(-len(pending) // STORE_PART_KEYS)
+        grown = replace(
+            stored, count=stored.count + len(pending), sizes=stored.sizes + (0,) * extra
+        )
+        return grown.to_json()
+    inline, sizes = inline_parts(pending)
+    base = stored or StoredSet()
+    return StoredSet(base.count + len(pending), base.inline + inline, base.sizes + sizes).to_json()
 
 
 def write_state(sync: SyncState) -> dict[str, Any]:
@@ -1100,6 +1265,37 @@ def keyset_condition(
     return condition, params
 
 
+def _compare_before(column: Column, value: str | None, param: str) -> tuple[str, str]:
+    """(``column`` sorts before ``value``, ``column`` equals ``value``), NULLs sorting first."""
+    name = quote_identifier(column.name)
+    if value is None:
+        return "FALSE", f"{name} IS NULL"
+    bound = _bound(column, param)
+    before = f"{name} < {bound}"
+    if column.nullable:
+        before = f"({name} IS NULL OR {before})"
+    return before, f"{name} = {bound}"
+
+
+def upto_condition(
+    order: Sequence[Column], until: Sequence[str | None]
+) -> tuple[str, dict[str, str | None]]:
+    """Rows sorting at or before ``until`` in ``order`` (NULLs first), without row
+    constructors: for (a, b) and (x, y), ``a < x OR (a = x AND b < y) OR (a = x AND b = y)``."""
+    params: dict[str, str | None] = {}
+    equal: list[str] = []
+    terms: list[str] = []
+    for i, (column, value) in enumerate(zip(order, until, strict=True)):
+        if value is not None:
+            params[f"u{i}"] = value
+        before, same = _compare_before(column, value, f"u{i}")
+        if before != "FALSE":
+            terms.append("(" + " AND ".join([*equal, before]) + ")")
+        equal.append(same)
+    terms.append("(" + " AND ".join(equal) + ")")
+    return " OR ".join(terms), params
+
+
 def _select_sql(plan: TablePlan, where: str, limit: int | None) -> str:
     columns = ", ".join(quote_identifier(c.name) for c in plan.columns)
     order_by = ", ".join(
@@ -1117,17 +1313,23 @@ def build_page_sql(
     start: str | None = None,
     lookback_s: int = 0,
     inclusive: bool = False,
+    until: Sequence[str | None] | None = None,
 ) -> tuple[str, dict[str, str | None]]:
-    """The page query: the next ``limit`` rows after ``after`` (or from ``start``), in order.
+    """The page query: the next ``limit`` rows after ``after`` (or from ``start``), in order,
+    and with ``until`` none sorting after it (a full table's range).
 
     ``after`` may be a prefix of the order columns (with ``inclusive``: a new sync resuming at
     the last cursor value, tied rows included).
     """
     params: dict[str, str | None] = {}
     where = ""
+    if until is not None:
+        upto, params = upto_condition(plan.order, until)
+        where = f" WHERE ({upto})"
     if after is not None:
-        condition, params = keyset_condition(plan.order[: len(after)], after, inclusive)
-        where = f" WHERE {condition}"
+        condition, after_params = keyset_condition(plan.order[: len(after)], after, inclusive)
+        params.update(after_params)
+        where = f"{where} AND ({condition})" if where else f" WHERE {condition}"
     elif start is not None:
         lead = quote_identifier(plan.order[0].name)
         params["start"] = start
@@ -1135,7 +1337,7 @@ def build_page_sql(
         if lookback_s:
             params["lookback"] = f"{int(lookback_s)} seconds"
             lower = f"{lower} - CAST(:lookback AS INTERVAL)"
-        where = f" WHERE {lead} >= {lower}"
+        where = f"{where} AND {lead} >= {lower}" if where else f" WHERE {lead} >= {lower}"
     return _select_sql(plan, where, limit), params
 
 
@@ -1493,6 +1695,7 @@ def read_batch(
     sink: Callable[[list[Row]], None] | None = None,
     max_read_bytes: int | None = None,
     shared: bool = False,
+    until: tuple[str | None, ...] | None = None,
 ) -> Batch:
     """Read the rows that follow ``previous``, as many as the limit and the byte budget allow.
 
@@ -1508,7 +1711,8 @@ def read_batch(
     loosely with the last one (the only rows the end of the batch can still take back); the
     batch's ``rows`` are then that tail. ``max_read_bytes`` caps what one page keeps.
     ``shared``: the response already holds other rows, so when nothing fits the room they left
-    the batch is empty with more to come, not an error.
+    the batch is empty with more to come, not an error. ``until``: no row sorting after it is
+    read (a full table's range); the batch is then complete at the range's end.
     """
     if base is None:
         base = TableState(plan.source, plan.cursor, plan.primary_key)
@@ -1573,7 +1777,7 @@ def read_batch(
         want = min(config.limit - flushed - len(rows), max(estimate, MIN_PAGE_ROWS))
         if max_read_bytes is not None:  # a streamed batch: pages the size of what is kept
             want = min(want, max(MIN_PAGE_ROWS, max_read_bytes // (bytes_per_row or 1)))
-        sql, params = build_page_sql(plan, want + 1, after, start, lookback_s, inclusive)
+        sql, params = build_page_sql(plan, want + 1, after, start, lookback_s, inclusive, until)
         try:
             page = fetch(sql, params, read_cap(room))  # one row more tells what follows
         except SourceError as e:
@@ -2598,7 +2802,7 @@ def load_plan(source: Source, spec: TableSpec, config: Config) -> TablePlan:
         if "" in primary_key:
             raise SourceError(f"reading the primary key of {table}: the catalog is inconsistent")
         if not primary_key:
-            raise ConfigurationError(
+            raise NoPrimaryKeyError(
                 f"setting 'primary_key' is missing and table {table} declares no primary key; "
                 "expected the column(s) that identify a row, e.g. id"
             )
@@ -2728,7 +2932,12 @@ def s3_grant_hint(bucket: str, region: str | None = None) -> str:
 
 
 def s3_error(
-    exc: BaseException, action: str, bucket: str, key: str, region: str | None = None
+    exc: BaseException,
+    action: str,
+    bucket: str,
+    key: str,
+    region: str | None = None,
+    grant: str | None = None,
 ) -> S3Error:
     """Translate a botocore error into a message a user can act on: bucket, key, S3 action and
     the grant to add; never the credentials, nor S3's own message (it may quote a request)."""
@@ -2741,7 +2950,7 @@ def s3_error(
         status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
         answer = f"{code}, HTTP {status}" if status else code
         if code in _S3_DENIED_CODES or (code == "unknown" and status == 403):
-            grant = s3_grant_hint(bucket, region)
+            grant = grant or s3_grant_hint(bucket, region)
             if action == "AbortMultipartUpload":
                 grant = f"s3:AbortMultipartUpload on arn:{_s3_partition(region)}:s3:::{bucket}/*"
             return S3Error(
@@ -3112,22 +3321,198 @@ class JsonObjectStream:
 
 
 # ---------------------------------------------------------------------------------------------
+# Key store: full-refresh key sets too large for the state, in S3 (the key_store setting)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyStoreConfig:
+    """``s3://bucket/prefix``: where full-refresh key sets go once they outgrow the state."""
+
+    bucket: str
+    prefix: str
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]{0,512}")
+
+
+def parse_key_store(text: str | None) -> KeyStoreConfig | None:
+    """The key_store setting: None (keys in the state only) or s3://bucket/prefix."""
+    if text is None:
+        return None
+    expected = "expected s3://bucket/prefix, e.g. s3://my-bucket/redshift-lambda/keys"
+    if not text.startswith("s3://"):
+        raise ConfigurationError(f"setting 'key_store' must start with s3://; {expected}")
+    bucket, _, prefix = text[len("s3://") :].partition("/")
+    prefix = prefix.strip("/")
+    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+        raise ConfigurationError(
+            f"setting 'key_store': {shown(bucket)} is not an S3 bucket name (3 to 63 lower-case "
+            f"letters, digits, dots and hyphens, starting and ending with a letter or digit); "
+            f"{expected}"
+        )
+    if prefix and (
+        not _KEY_PREFIX.fullmatch(prefix) or any(p in ("", ".", "..") for p in prefix.split("/"))
+    ):
+        raise ConfigurationError(
+            f"setting 'key_store': the prefix {shown(prefix)} may hold only letters, digits "
+            f"and !_.*'()- between single slashes; {expected}"
+        )
+    return KeyStoreConfig(bucket, prefix)
+
+
+class KeyStore:
+    """One table's key sets in S3: immutable objects named by table, generation, part index and
+    content digest. The state names a generation and its manifest's SHA-256; the manifest
+    lists each part's key count and SHA-256, and every object is checked against its digest
+    before it is used (a tampered, stale or damaged object is an error, never a wrong delete)."""
+
+    def __init__(self, config: KeyStoreConfig, client: Any, destination: str) -> None:
+        self.config = config
+        self.client = client
+        slug = re.sub(r"[^a-z0-9_]+", "_", destination.lower())[:48].strip("_") or "t"
+        digest = hashlib.sha256(destination.encode()).hexdigest()[:12]
+        self.table_prefix = "/".join(p for p in (config.prefix, f"{slug}-{digest}") if p) + "/"
+        self._manifests: dict[str, list[tuple[int, str]]] = {}
+
+    def _key(self, gen: str, name: str) -> str:
+        return f"{self.table_prefix}{gen}/{name}"
+
+    def _manifest_key(self, gen: str, parts: int, digest: str) -> str:
+        return self._key(gen, f"manifest-{parts:06d}-{digest[:16]}.json")
+
+    def _part_key(self, gen: str, index: int, digest: str) -> str:
+        return self._key(gen, f"part-{index:06d}-{digest[:16]}.keys")
+
+    def _call(self, action: str, key: str, **kwargs: Any) -> Any:
+        method = {
+            "GetObject": self.client.get_object,
+            "PutObject": self.client.put_object,
+            "ListObjectsV2": self.client.list_objects_v2,
+            "DeleteObjects": self.client.delete_objects,
+        }[action]
+        try:
+            return method(Bucket=self.config.bucket, **kwargs)
+        except Exception as e:  # botocore's; its message may quote the request: not chained
+            raise s3_error(
+                e, action, self.config.bucket, key, grant=key_store_grant(self.config)
+            ) from None
+
+    def _get(self, key: str, digest: str) -> bytes:
+        body = self._call("GetObject", key, Key=key)["Body"].read()
+        if hashlib.sha256(body).hexdigest() != digest:
+            raise StateError(
+                f"the key store object {shown(key)} does not match the digest the state names "
+                "(changed or damaged); re-sync the table in Fivetran to rebuild its key set"
+            )
+        return bytes(body)
+
+    def manifest(self, stored: StoredSet) -> list[tuple[int, str]]:
+        """(key count, SHA-256) of each part of ``stored``, checked against the state's digest."""
+        assert stored.gen is not None and stored.manifest is not None
+        cached = self._manifests.get(stored.manifest)
+        if cached is not None:
+            return cached
+        if not stored.parts:
+            return []
+        key = self._manifest_key(stored.gen, stored.parts, stored.manifest)
+        try:
+            data = json.loads(self._get(key, stored.manifest))
+            parts = [(int(n), str(d)) for n, d in data["parts"]]
+        except (ValueError, KeyError, TypeError):
+            raise StateError(f"the key store manifest {shown(key)} is not readable") from None
+        if len(parts) != stored.parts or sum(n for n, _ in parts) != stored.count:
+            raise StateError(f"the key store manifest {shown(key)} disagrees with the state")
+        self._manifests[stored.manifest] = parts
+        return parts
+
+    def part(self, stored: StoredSet, index: int) -> list[Key]:
+        assert stored.gen is not None
+        count, digest = self.manifest(stored)[index]
+        key = self._part_key(stored.gen, index, digest)
+        try:
+            keys = decode_keys(self._get(key, digest))
+        except ValueError:
+            keys = []
+        if len(keys) != count:
+            raise StateError(f"the key store object {shown(key)} is not a key part")
+        return keys
+
+    def append(self, stored: StoredSet | None, keys: Sequence[Key]) -> StoredSet:
+        """``stored`` (None: a new generation) with ``keys`` added as new parts: the parts, then
+        a new manifest, each a new object; the previous manifest stays for a retry."""
+        if stored is None or stored.gen is None:
+            gen = secrets.token_hex(8)
+            parts: list[tuple[int, str]] = []
+            count = 0
+        else:
+            gen, parts, count = stored.gen, list(self.manifest(stored)), stored.count
+        for i in range(0, len(keys), STORE_PART_KEYS):
+            chunk = keys[i : i + STORE_PART_KEYS]
+            body = encode_keys(chunk)
+            digest = hashlib.sha256(body).hexdigest()
+            key = self._part_key(gen, len(parts), digest)
+            self._call("PutObject", key, Key=key, Body=body)
+            parts.append((len(chunk), digest))
+            count += len(chunk)
+        body = json.dumps({"gen": gen, "parts": parts}).encode()
+        digest = hashlib.sha256(body).hexdigest()
+        key = self._manifest_key(gen, len(parts), digest)
+        self._call("PutObject", key, Key=key, Body=body)
+        self._manifests[digest] = parts
+        return StoredSet(count, sizes=tuple(n for n, _ in parts), gen=gen, manifest=digest)
+
+    def remove_generations(self, keep: Iterable[str]) -> int:
+        """Delete this table's objects of every generation but ``keep`` (finished syncs no
+        longer need them; failed invocations left them); the objects removed."""
+        kept = {f"{self.table_prefix}{g}/" for g in keep}
+        removed = 0
+        listed = self._call("ListObjectsV2", self.table_prefix, Prefix=self.table_prefix)
+        names = [
+            o["Key"]
+            for o in listed.get("Contents", ())
+            if not any(o["Key"].startswith(k) for k in kept)
+        ]
+        for i in range(0, len(names), 1000):
+            batch = [{"Key": n} for n in names[i : i + 1000]]
+            self._call("DeleteObjects", self.table_prefix, Delete={"Objects": batch, "Quiet": True})
+            removed += len(batch)
+        return removed
+
+
+def key_store_grant(config: KeyStoreConfig) -> str:
+    """The least-privilege grant the key store needs."""
+    arn = f"arn:aws:s3:::{config.bucket}"
+    objects = f"{arn}/{config.prefix + '/' if config.prefix else ''}*"
+    return (
+        f"s3:GetObject, s3:PutObject and s3:DeleteObject on {objects}, and s3:ListBucket on "
+        f"{arn} (for the key_store setting)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Batch assembly across tables, and the Lambda output
 # ---------------------------------------------------------------------------------------------
 
 
 class Response:
-    """Fivetran's response, assembled table by table in a fixed order, sized exactly.
+    """Fivetran's response, assembled table by table, its size tracked as it grows.
 
-    The assembler asks it what a response would weigh (``size_with``); rows are counted by the
-    bytes their batch measured, so nothing is serialised twice.
+    Each state entry's serialised size is kept when the entry is set, rows and deletes are
+    counted by the bytes measured when they were added, and the rest (the per-table sections)
+    is re-measured only when a table joins: no estimate re-serialises the state.
     """
 
     def __init__(
         self,
         config: Config,
         sync: SyncState,
-        destinations: Sequence[str],
+        specs: Sequence[TableSpec],
         stream: JsonObjectStream | None = None,
     ) -> None:
         self.config = config
@@ -3135,22 +3520,111 @@ class Response:
         # schema and hasMore are returned. The byte budget is then the object's.
         self.stream = stream
         self.table_start = 0  # object bytes written before the table being read
-        self.entries = {d: t for d, t in sync.tables.items() if d in destinations}  # removed
-        # tables' entries are dropped; a seed-style state belongs to the first table
-        if sync.seed is not None and destinations[0] not in self.entries:
-            self.entries[destinations[0]] = sync.seed
+        destinations = [s.destination for s in specs]
+        self.entries: dict[str, TableState] = {}
+        self._entry_bytes: dict[str, int] = {}
+        for destination, entry in sync.tables.items():
+            if destination in destinations or _still_configured(config, entry):
+                self.set_entry(destination, entry)  # a table no longer configured is dropped
+        # A seed-style state (Fivetran's sample function) belongs to the first incremental
+        # table; a full table re-reads from its first key anyway.
+        first = next((s.destination for s in specs if s.mode == "incremental"), None)
+        if sync.seed is not None and first is not None and first not in self.entries:
+            self.set_entry(first, sync.seed)
         self.done = [d for d in sync.done if d in destinations]
         if set(destinations) <= set(self.done):
             self.done = []  # every table was finished: this invocation starts a new sync
         self.inserts: dict[str, list[Row]] = {}
         self.row_bytes: dict[str, int] = {}  # serialised rows with separators, per table
         self.deletes: dict[str, list[Row]] = {}
+        self.delete_bytes: dict[str, int] = {}
         self.keys: dict[str, list[str]] = {}  # primary keys, for the schema section
         self.pages = 0
+        self.rows = 0  # rows in the response (limit counts them), all tables together
+        self._skeleton: int | None = None  # size of the sections but state, rows, deletes
+        self._open: str | None = None  # the table whose rows the S3 object is taking
+        # Full tables share the state's room for key sets; beyond it they go to the key store.
+        full = sum(1 for s in specs if s.mode == "full")
+        self.inline_max = min(INLINE_SET_MAX_BYTES, INLINE_SETS_MAX_BYTES // max(1, full))
+        self._s3: Any = None
+
+    def key_store(self, destination: str) -> KeyStore | None:
+        """The key store of ``destination``'s key sets, or None when none is set."""
+        config = self.config.key_store
+        if config is None:
+            return None
+        if self._s3 is None:
+            self._s3 = s3_client(DEFAULT_CONNECT_TIMEOUT_S * 6)
+        return KeyStore(config, self._s3, destination)
+
+    def open_table(self, destination: str) -> None:
+        """Syncing through S3: start ``destination``'s rows in the object (once)."""
+        if self.stream is not None and self._open != destination:
+            self.close_table()
+            self.table_start = self.stream.bytes_written
+            self.stream.begin_table(destination)
+            self._open = destination
+
+    def close_table(self) -> None:
+        if self.stream is not None and self._open is not None:
+            self.stream.end_table()
+            self._open = None
+
+    def stream_rows(self, rows: list[Row]) -> None:
+        """The rows a batch hands on as it reads (syncing through S3)."""
+        assert self.stream is not None
+        self.stream.rows(rows)
+        self.rows += len(rows)
+
+    # -- the state --------------------------------------------------------------------------
+    def _entry_size(self, destination: str, entry: TableState) -> int:
+        return len(_escape(destination)) + 2 + json_size(_entry_json(entry))
+
+    def set_entry(self, destination: str, entry: TableState) -> None:
+        self.entries[destination] = entry
+        self._entry_bytes[destination] = self._entry_size(destination, entry)
 
     def state(self, has_more: bool = True) -> dict[str, Any]:
         # A response that ends the sync lists no table as done: the next one starts anew.
         return write_state(SyncState(dict(self.entries), tuple(self.done) if has_more else ()))
+
+    def state_size(self, replaced: tuple[str, TableState] | None = None) -> int:
+        """Serialised bytes of ``state()`` (with ``replaced``'s entry in place, if given)."""
+        sizes = dict(self._entry_bytes)
+        if replaced is not None:
+            sizes[replaced[0]] = self._entry_size(*replaced)
+        tables = 2 + sum(sizes.values()) + 2 * max(0, len(sizes) - 1)
+        return len('{"version": 0, "tables": , "done": }') + tables + json_size(self.done)
+
+    # -- rows and deletes -------------------------------------------------------------------
+    def begin(self, destination: str, primary_key: Sequence[str]) -> None:
+        """Make room for a table's sections (its insert list, schema, deletes)."""
+        if destination not in self.keys:
+            self.keys[destination] = list(primary_key)
+            self.inserts.setdefault(destination, [])
+            self._skeleton = None
+
+    def add_rows(self, destination: str, rows: list[Row], row_bytes: int) -> None:
+        """Rows of ``destination`` (``row_bytes``: their serialised bytes with separators)."""
+        if not rows:
+            return
+        if self.stream is not None:
+            self.stream.rows(rows)
+        else:
+            had = self.row_bytes.get(destination, 0)
+            self.inserts[destination].extend(rows)
+            self.row_bytes[destination] = had + row_bytes + (2 if had else 0)
+        self.rows += len(rows)
+
+    def add_deletes(self, destination: str, keys: list[Row], key_bytes: int) -> None:
+        if not keys:
+            return
+        if destination not in self.deletes:
+            self.deletes[destination] = []
+            self._skeleton = None
+        had = self.delete_bytes.get(destination, 0)
+        self.deletes[destination].extend(keys)
+        self.delete_bytes[destination] = had + key_bytes + (2 if had else 0)
 
     def body(self, has_more: bool) -> dict[str, Any]:
         response: dict[str, Any] = {"state": self.state(has_more), "insert": self.inserts}
@@ -3164,8 +3638,7 @@ class Response:
 
     def has_content(self) -> bool:
         """Whether the response carries any row or delete yet."""
-        written = self.stream.rows_written if self.stream is not None else 0
-        return bool(written) or any(self.inserts.values()) or bool(self.deletes)
+        return bool(self.rows) or bool(self.deletes)
 
     def returned(self, has_more: bool) -> dict[str, Any]:
         """What the function returns: everything, or, syncing through S3, all but the rows
@@ -3176,29 +3649,85 @@ class Response:
             body.pop("delete", None)
         return body
 
+    def _skeleton_size(self) -> int:
+        if self._skeleton is None:
+            skeleton = self.body(False)  # "false" is the longer
+            skeleton["state"] = 0
+            skeleton["insert"] = {d: [] for d in self.inserts}
+            if self.deletes:
+                skeleton["delete"] = {d: [] for d in self.deletes}
+            self._skeleton = json_size(skeleton) - 1
+        return self._skeleton
+
+    def _deletes_size(self) -> int:
+        return sum(self.delete_bytes.values())
+
     def size(self) -> int:
         """Serialised bytes of the response as it stands (an upper bound whatever hasMore);
         syncing through S3, of the object (the deletes still to be written included)."""
         if self.stream is not None:
-            return self.stream.bytes_written + json_size(self.deletes) + 64
-        skeleton = self.body(True)
-        skeleton["insert"] = {d: [] for d in self.inserts}
-        return json_size(skeleton) + sum(self.row_bytes.values())
+            return self.stream.bytes_written + self._stream_deletes_size() + 64
+        return (
+            self._skeleton_size()
+            + self.state_size()
+            + sum(self.row_bytes.values())
+            + self._deletes_size()
+        )
+
+    def _stream_deletes_size(self) -> int:
+        return sum(len(_escape(d)) + 4 + b for d, b in self.delete_bytes.items())
 
     def size_with(self, destination: str, entry: TableState) -> int:
-        """The size with ``destination``'s entry replaced and its rows not counted."""
+        """The size with ``destination``'s entry replaced, before more of its rows are added
+        (a separator counted for them if it has rows already)."""
         if self.stream is not None:  # the state is in the returned response, not the object
-            return self.table_start + json_size(self.deletes) + 64
-        kept = self.entries.get(destination), self.row_bytes.pop(destination, 0)
-        self.entries[destination] = entry
-        try:
-            return self.size()
-        finally:
-            if kept[0] is None:
-                del self.entries[destination]
-            else:
-                self.entries[destination] = kept[0]
-            self.row_bytes[destination] = kept[1]
+            return self.table_start + self._stream_deletes_size() + 64
+        separator = 2 if self.row_bytes.get(destination) else 0
+        return (
+            self._skeleton_size()
+            + self.state_size((destination, entry))
+            + sum(self.row_bytes.values())
+            + separator
+            + self._deletes_size()
+        )
+
+    def room(self) -> int:
+        """Bytes left in the budget."""
+        return self.config.max_response_bytes - self.size()
+
+    def delete_room(self, destination: str, entry: TableState) -> int:
+        """Bytes left for ``destination``'s deletes with its entry replaced by ``entry`` (its
+        delete list's own brackets and name counted, and a separator if it has deletes)."""
+        had = 2 if self.delete_bytes.get(destination) else 0
+        if self.stream is not None:
+            opening = 0 if destination in self.deletes else len(_escape(destination)) + 4
+            used = self.stream.bytes_written + self._stream_deletes_size() + 64 + opening
+            return self.config.max_response_bytes - used - had
+        opening = 0
+        if destination not in self.deletes:
+            before = self._skeleton_size()
+            self.deletes[destination] = []
+            self._skeleton = None
+            opening = self._skeleton_size() - before
+            del self.deletes[destination]
+            self._skeleton = None
+        return self.config.max_response_bytes - self.size_with(destination, entry) - opening - had
+
+
+def _still_configured(config: Config, entry: TableState) -> bool:
+    """Whether the configuration still names or matches the table an entry was written for,
+    though this invocation did not list it (renamed for a moment, or not visible): its entry
+    and key set stay, so that its deletes are found when it is back."""
+    if entry.source is None:
+        return False
+    selection = config.selection
+    if selection is None:
+        return False  # a table of the 'tables' list is listed in every invocation
+    try:
+        parts = parse_identifiers(entry.source, ".", "the state's 'source'")
+    except ConfigurationError:
+        return False
+    return len(parts) == 2 and parts[0] == selection.schema and selection.selects(parts[1])
 
 
 def _key_of(plan: TablePlan) -> Callable[[Sequence[JSONValue]], Key]:
@@ -3206,48 +3735,28 @@ def _key_of(plan: TablePlan) -> Callable[[Sequence[JSONValue]], Key]:
     return lambda values: tuple(values[i] for i in at)
 
 
-def serve_table(source: Source, config: Config, spec: TableSpec, response: Response) -> bool:
-    """Add the next batch of one table to ``response``; True when the table's sync is done."""
-    destination = spec.destination
-    plan = load_plan(source, spec, config)
-    previous = response.entries.get(destination)
-    check_state(previous, plan, spec.mode)
-    response.keys[destination] = list(plan.primary_key)
-    response.inserts.setdefault(destination, [])
-    annotate = None
-    if spec.mode == "full":
-        if previous is not None and previous.deleting:
-            return send_deletes(response, destination, plan)  # the read is over
-        if previous is None or previous.complete:  # a new sync: from the first key again
-            previous = TableState(
-                plan.source,
-                (),
-                plan.primary_key,
-                mode="full",
-                keys=previous.keys if previous is not None else KeySet(),
-                seen=KeySet(),
-                bytes_per_row=previous.bytes_per_row if previous is not None else None,
-            )
-        key_of = _key_of(plan)
-
-        def annotate(state: TableState, rows: list[list[JSONValue]]) -> TableState:
-            return replace(state, seen=(state.seen or KeySet()).extended(list(map(key_of, rows))))
-
+def _read_into(
+    source: Source,
+    config: Config,
+    plan: TablePlan,
+    previous: TableState | None,
+    response: Response,
+    destination: str,
+    annotate: Callable[[TableState, list[list[JSONValue]]], TableState] | None = None,
+    until: tuple[str | None, ...] | None = None,
+) -> Batch:
+    """Read one batch of ``plan``'s rows after ``previous`` into the response."""
     base = previous if previous is not None and previous.source is not None else None
     empty = replace(base, after=None) if base is not None else TableState(plan.source, (), ())
     stream = response.stream
-    if stream is not None:
-        response.table_start = stream.bytes_written
     if response.size_with(destination, empty) > config.max_response_bytes - MIN_ROOM_BYTES:
         if response.has_content():
-            return False  # this response is full: the next one starts with this table
+            return Batch(rows=[], state=None, has_more=True, row_bytes=0, pages=0)
         raise _state_error(
             f"it takes {response.size_with(destination, empty)} of max_response_bytes="
             f"{config.max_response_bytes}, too little room for rows; raise max_response_bytes"
-            + (" (a full-refresh table keeps its keys in the state)" if spec.mode == "full" else "")
         )
-    if stream is not None:
-        stream.begin_table(destination)
+    response.open_table(destination)
     batch = read_batch(
         source.fetch,
         plan,
@@ -3257,83 +3766,349 @@ def serve_table(source: Source, config: Config, spec: TableSpec, response: Respo
         source.time_left_ms if stream is None else lambda: source.time_left_ms() - S3_FINISH_MS,
         base=base,
         annotate=annotate,
-        sink=None if stream is None else stream.rows,
+        sink=None if stream is None else response.stream_rows,
         max_read_bytes=None if stream is None else S3_READ_BYTES,
         shared=response.has_content(),
+        until=until,
     )
     response.pages += batch.pages
-    if stream is not None:
-        stream.rows(batch.rows)
-        stream.end_table()
-    else:
-        response.inserts[destination] = batch.rows
-        response.row_bytes[destination] = batch.row_bytes
+    response.add_rows(destination, batch.rows, batch.row_bytes)
+    return batch
+
+
+def serve_table(
+    source: Source, config: Config, spec: TableSpec, response: Response, plan: TablePlan
+) -> bool:
+    """Add the next batch of one table to ``response``; True when the table's sync is done."""
+    destination = spec.destination
+    previous = response.entries.get(destination)
+    check_state(previous, plan, spec.mode)
+    response.begin(destination, plan.primary_key)
+    try:
+        if spec.mode == "full":
+            full = FullRefresh(
+                source,
+                spec,
+                plan,
+                response,
+                response.key_store(destination),
+                response.inline_max,
+            )
+            return full.run(previous)
+        left = config.limit - response.rows
+        if left <= 0:
+            return False
+        batch = _read_into(
+            source, replace(config, limit=left), plan, previous, response, destination
+        )
+    finally:
+        response.close_table()
     if batch.state is not None:
-        response.entries[destination] = batch.state
-    elif previous is not None and previous.mode == "full":
-        response.entries[destination] = previous
+        response.set_entry(destination, batch.state)
     if batch.has_more:
         return False
-    entry = response.entries.get(destination)
-    if entry is None or entry.mode != "full":
-        response.done.append(destination)
-        return True
-    # The read is over: keys the last finished sync delivered and this one did not are gone.
-    seen = entry.seen or KeySet()
-    finished = replace(
-        entry,
-        after=None,
-        complete=True,
-        keys=seen,
-        seen=None,
-        deleting=(entry.keys or KeySet()).minus(seen),
-    )
-    if response.size_with(destination, finished) + batch.row_bytes > config.max_response_bytes:
-        if not response.has_content():
-            raise _state_error(
-                f"finishing table {plan.source} needs more than max_response_bytes="
-                f"{config.max_response_bytes} for its keys; raise max_response_bytes"
-            )
-        response.entries[destination] = replace(entry, complete=False)  # finish next time
-        return False
-    response.entries[destination] = finished
-    return send_deletes(response, destination, plan)
-
-
-def send_deletes(response: Response, destination: str, plan: TablePlan) -> bool:
-    """Move as many pending deletes of a full table into the response as fit; True when none
-    are left (the table's sync is done)."""
-    entry = response.entries[destination]
-    pending = entry.deleting or KeySet()
-    names = list(plan.primary_key)
-    limit = response.config.max_response_bytes
-    rows = response.row_bytes.get(destination, 0)
-    response.deletes.pop(destination, None)
-    base = response.size_with(destination, entry) + rows
-    count = len(pending)
-    while count:
-        keys, rest = pending.split(count)
-        response.deletes[destination] = [dict(zip(names, k, strict=True)) for k in keys]
-        candidate = replace(entry, deleting=rest if len(rest) else None)
-        size = response.size_with(destination, candidate) + rows
-        if size <= limit:
-            response.entries[destination] = candidate
-            log(logging.DEBUG, "deletes", table=plan.source, keys=len(keys), left=len(rest))
-            if len(rest):
-                return False
-            response.done.append(destination)
-            return True
-        # Too many: aim at what fits by the bytes per key just measured, at most half as many.
-        per_key = max(1, (size - base) // count)
-        count = min(count // 2, max(0, (limit - base) // per_key))
-    response.deletes.pop(destination, None)
-    if len(pending):
-        if not response.has_content():
-            raise _state_error(f"no room for a single delete in max_response_bytes={limit}")
-        return False  # no room left in this response: the next one sends them
-    response.entries[destination] = replace(entry, deleting=None)
     response.done.append(destination)
     return True
+
+
+class KeySetTooLarge(ConfigurationError):
+    """A full table's key set outgrows the state, and no key store is set."""
+
+
+def _too_large(plan: TablePlan, count: int, inline_max: int) -> KeySetTooLarge:
+    return KeySetTooLarge(
+        f"full-refresh table {plan.source} has about {count:,} keys, too many for the state "
+        f"(its key set may take {inline_max:,} bytes there); set 'key_store' to "
+        "s3://bucket/prefix so its keys live in S3, or copy it incrementally (give it a "
+        "'cursor')"
+    )
+
+
+def _key_condition(plan: TablePlan, keys: Sequence[Key]) -> tuple[str, dict[str, str | None]]:
+    """Rows whose key equals one of ``keys`` as the database compares (bound parameters)."""
+    columns = [c for c in plan.columns if c.name in plan.primary_key]
+    by_name = {c.name: c for c in columns}
+    ordered = [by_name[k] for k in plan.primary_key]
+    params: dict[str, str | None] = {}
+    terms = []
+    for i, key in enumerate(keys):
+        parts = []
+        for j, (column, value) in enumerate(zip(ordered, key, strict=True)):
+            text = position_text(column.type_oid, value)
+            params[f"k{i}_{j}"] = text
+            parts.append(_compare(column, text, f"k{i}_{j}")[1])
+        terms.append("(" + " AND ".join(parts) + ")")
+    return " OR ".join(terms), params
+
+
+def build_keys_sql(plan: TablePlan, keys: Sequence[Key]) -> tuple[str, dict[str, str | None]]:
+    """The key columns of the rows whose key is one of ``keys`` (which still exist)."""
+    condition, params = _key_condition(plan, keys)
+    names = ", ".join(quote_identifier(k) for k in plan.primary_key)
+    source = f"{quote_identifier(plan.schema)}.{quote_identifier(plan.name)}"
+    return f"SELECT {names} FROM {source} WHERE {condition}", params
+
+
+def build_count_sql(plan: TablePlan) -> str:
+    return f"SELECT COUNT(*) FROM {quote_identifier(plan.schema)}.{quote_identifier(plan.name)}"
+
+
+class FullRefresh:
+    """One full-refresh table in one invocation. Its sync re-reads the table in key order, one
+    range per part of the key set the last finished sync stored (a range ends at the part's
+    last key; the tail after the last part is the last range). Each range has two phases:
+
+    - reading: rows of the range go out; their keys are added to the new key set, and the
+      stored keys they match are marked settled;
+    - deleting: the stored keys of the range not settled are checked against the table (by
+      equality, so no ordering is trusted) and those absent go out as deletes;
+
+    then the next range; after the tail the new key set replaces the stored one (done).
+    Memory and work per invocation are bounded by one part and the response's budget."""
+
+    def __init__(
+        self,
+        source: Source,
+        spec: TableSpec,
+        plan: TablePlan,
+        response: Response,
+        store: KeyStore | None,
+        inline_max: int,
+    ) -> None:
+        self.source, self.spec, self.plan, self.response = source, spec, plan, response
+        self.config = response.config
+        self.store = store
+        self.inline_max = inline_max
+        self.destination = spec.destination
+        self.key_of = _key_of(plan)
+        self._parts: dict[int, list[Key]] = {}
+
+    # -- the stored key set -----------------------------------------------------------------
+    def stored_part(self, entry: TableState, index: int) -> list[Key]:
+        if index not in self._parts:
+            stored = entry.keys
+            assert stored is not None
+            if stored.gen is None:
+                keys = inline_part(stored, index)
+            else:
+                keys = self._store().part(stored, index)
+            self._parts = {index: keys}  # one part in memory
+        return self._parts[index]
+
+    def _store(self) -> KeyStore:
+        if self.store is None:
+            raise ConfigurationError(
+                f"table {self.plan.source}: the state keeps its key set in a key store, but "
+                "setting 'key_store' is not set; set it back to the s3:// location it had"
+            )
+        return self.store
+
+    def stored_parts(self, entry: TableState) -> int:
+        if entry.keys is None:
+            return 0
+        if entry.keys.gen is not None:
+            return len(self._store().manifest(entry.keys))
+        return entry.keys.parts
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def run(self, previous: TableState | None) -> bool:
+        """Serve the table into the response; True when its sync is done."""
+        entry = self.start(previous)
+        while True:
+            if entry.phase == "reading":
+                entry, more = self.read_range(entry)
+                if more:
+                    return self.save(entry, done=False)
+                entry = replace(entry, phase="deleting", settled=entry.settled)
+            entry, more = self.delete_range(entry)
+            if more:
+                return self.save(entry, done=False)
+            if entry.part >= self.stored_parts(entry):
+                return self.save(self.finish(entry), done=True)
+            entry = replace(entry, phase="reading", part=entry.part + 1, settled=None)
+
+    def start(self, previous: TableState | None) -> TableState:
+        """The entry to go on from; a new sync when the last one finished (or none ran)."""
+        if previous is not None and not previous.complete:
+            return previous
+        keys = previous.keys if previous is not None else None
+        if self.store is not None:
+            live = [s.gen for s in (keys,) if s is not None and s.gen is not None]
+            removed = self.store.remove_generations(live)
+            if removed:
+                log(logging.INFO, "key store cleaned", table=self.plan.source, objects=removed)
+        else:
+            _check_key_set_fits(self.source, self.plan, self.inline_max)
+        return TableState(
+            self.plan.source,
+            (),
+            self.plan.primary_key,
+            mode="full",
+            keys=keys,
+            bytes_per_row=previous.bytes_per_row if previous is not None else None,
+        )
+
+    def read_range(self, entry: TableState) -> tuple[TableState, bool]:
+        """Rows of the current range; (entry, True when the response is full first)."""
+        response, config = self.response, self.config
+        left = config.limit - response.rows
+        if left <= 0 or response.room() < MIN_ROOM_BYTES:
+            return entry, True
+        parts = self.stored_parts(entry)
+        until = None
+        index: dict[Key, int] = {}
+        if entry.part < parts:
+            keys = self.stored_part(entry, entry.part)
+            until = tuple(
+                position_text(c.type_oid, v) for c, v in zip(self.plan.order, keys[-1], strict=True)
+            )
+            index = {k: i for i, k in enumerate(keys)}
+        bits = _part_bits(entry, len(index))
+        key_of = self.key_of
+
+        def annotate(state: TableState, rows: list[list[JSONValue]]) -> TableState:
+            keys = list(map(key_of, rows))
+            for key in keys:
+                i = index.get(key)
+                if i is not None:
+                    bits[i] = True
+            settled = encode_bits(bits) if index else None
+            return replace(state, pending=state.pending + tuple(keys), settled=settled)
+
+        batch = _read_into(
+            self.source,
+            replace(config, limit=left),
+            self.plan,
+            entry,
+            response,
+            self.destination,
+            annotate,
+            until,
+        )
+        if batch.state is not None:  # (the table's sync is over only once finish() says so)
+            entry = replace(batch.state, complete=False)
+        return entry, batch.has_more
+
+    def delete_range(self, entry: TableState) -> tuple[TableState, bool]:
+        """Deletes of the current range, as many as fit; (entry, True when some are left)."""
+        if entry.part >= self.stored_parts(entry):
+            return entry, False  # the tail: no stored keys
+        keys = self.stored_part(entry, entry.part)
+        bits = _part_bits(entry, len(keys))
+        todo = [i for i, bit in enumerate(bits) if not bit]
+        if not todo:
+            return replace(entry, settled=None), False
+        names = list(self.plan.primary_key)
+        # The bitmap is sized at its largest, so that no delete is measured twice.
+        widest = replace(entry, settled="A" * _bits_text_bound(len(keys)))
+        room = self.response.delete_room(self.destination, widest)
+        for at in range(0, len(todo), CONFIRM_KEYS):
+            if self.source.time_left_ms() < MIN_TIME_LEFT_MS:
+                return replace(entry, settled=encode_bits(bits)), True
+            chunk = todo[at : at + CONFIRM_KEYS]
+            present = self.present([keys[i] for i in chunk])
+            gone: list[Row] = []
+            used = 0
+            for i in chunk:
+                if keys[i] not in present:
+                    row = dict(zip(names, keys[i], strict=True))
+                    size = json_size(row) + (2 if gone else 0)
+                    if used + size > room:
+                        break
+                    gone.append(row)
+                    used += size
+                bits[i] = True
+            self.response.add_deletes(self.destination, gone, used)
+            room -= used + (2 if gone else 0)
+            if not all(bits[i] for i in chunk):
+                if not self.response.has_content():
+                    raise _state_error(
+                        f"no room for a single delete of {self.plan.source} in "
+                        f"max_response_bytes={self.config.max_response_bytes}"
+                    )
+                return replace(entry, settled=encode_bits(bits)), True
+        return replace(entry, settled=None), False
+
+    def present(self, keys: Sequence[Key]) -> set[Key]:
+        """The keys of ``keys`` that rows of the table still have, exactly (same text)."""
+        sql, params = build_keys_sql(self.plan, keys)
+        rows = self.source.query("checking deleted keys", sql, params).rows
+        return {tuple(r) for r in rows}
+
+    def finish(self, entry: TableState) -> TableState:
+        """The read is over and every delete sent: this sync's keys become the stored set."""
+        entry = self.flush(entry)
+        return replace(
+            entry,
+            after=None,
+            complete=True,
+            keys=entry.next or StoredSet(),
+            next=None,
+            phase="reading",
+            part=0,
+            settled=None,
+        )
+
+    def flush(self, entry: TableState) -> TableState:
+        """Write the keys this invocation delivered into the new key set."""
+        pending = entry.pending
+        if not pending:
+            return entry
+        stored = entry.next
+        if stored is None or stored.gen is None:
+            inline, sizes = inline_parts(pending)
+            base = stored or StoredSet()
+            merged = StoredSet(base.count + len(pending), base.inline + inline, base.sizes + sizes)
+            if sum(len(p) for p in merged.inline) <= self.inline_max:
+                return replace(entry, next=merged, pending=())
+            if self.store is None:
+                raise _too_large(self.plan, merged.count, self.inline_max)
+            keys = [k for i in range(base.parts) for k in inline_part(base, i)] + list(pending)
+            return replace(entry, next=self.store.append(None, keys), pending=())
+        return replace(entry, next=self._store().append(stored, pending), pending=())
+
+    def save(self, entry: TableState, done: bool) -> bool:
+        self.response.set_entry(self.destination, self.flush(entry))
+        if done:
+            self.response.done.append(self.destination)
+        return done
+
+
+def _check_key_set_fits(source: Source, plan: TablePlan, inline_max: int) -> None:
+    """Refuse up front a full table whose key set cannot fit in the state (no key store): its
+    row count times the bytes per key of its first keys, encoded as the state keeps them."""
+    count = int(source.query("counting rows", build_count_sql(plan), {}).rows[0][0])
+    if not count:
+        return
+    sql, params = _key_sample_sql(plan, min(count, KEY_SAMPLE_ROWS))
+    sample = [tuple(r) for r in source.query("sampling keys", sql, params).rows]
+    per_key = len(encode_keys(sample)) * 4 / 3 / max(1, len(sample))  # base64 in the state
+    if count * per_key > inline_max:
+        raise _too_large(plan, count, inline_max)
+
+
+def _bits_text_bound(count: int) -> int:
+    """The longest ``encode_bits`` text of ``count`` bits (zlib's worst case, base64)."""
+    raw = (count + 7) // 8
+    return 4 * ((raw + raw // 1000 + 16 + 2) // 3 + 1)
+
+
+def _part_bits(entry: TableState, count: int) -> list[bool]:
+    if entry.settled is None or not count:
+        return [False] * count
+    try:
+        return decode_bits(entry.settled, count)
+    except ValueError:
+        raise _state_error("'settled' is not a bitmap of the current key part") from None
+
+
+def _key_sample_sql(plan: TablePlan, count: int) -> tuple[str, dict[str, str | None]]:
+    names = ", ".join(quote_identifier(k) for k in plan.primary_key)
+    order = ", ".join(
+        quote_identifier(c.name) + (" NULLS FIRST" if c.nullable else "") for c in plan.order
+    )
+    source = f"{quote_identifier(plan.schema)}.{quote_identifier(plan.name)}"
+    return f"SELECT {names} FROM {source} ORDER BY {order} LIMIT {int(count)}", {}
 
 
 def configured_tables(source: Source, config: Config) -> list[TableSpec]:
@@ -3359,7 +4134,7 @@ def configured_tables(source: Source, config: Config) -> list[TableSpec]:
                 f"{shown(','.join(selection.exclude))}, or user {shown(source.config.user)} "
                 "cannot see them"
             )
-        specs += [TableSpec((selection.schema, n), (), None, "full", n) for n in chosen]
+        specs += [TableSpec((selection.schema, n), (), None, "full", n, True) for n in chosen]
         _check_destinations(specs)
     return specs
 
@@ -3459,9 +4234,9 @@ def _sync(
         specs = configured_tables(source, config)
         if setup_test:
             return _setup_test(source, config, specs, state_in)
-        destinations = [s.destination for s in specs]
+        _warn_missing(config, sync, specs)
         if target is None:
-            response = Response(config, sync, destinations)
+            response = Response(config, sync, specs)
             has_more = assemble(source, config, specs, response)
         else:
             bucket, key = target
@@ -3473,7 +4248,7 @@ def _sync(
                     max_response_bytes=config.s3_max_bytes,
                     limit=config.limit if config.limit_given else MAX_LIMIT,
                 )
-                response = Response(budget, sync, destinations, stream)
+                response = Response(budget, sync, specs, stream)
                 has_more = assemble(source, budget, specs, response)
                 for table, keys in response.deletes.items():
                     stream.deletes(table, keys)
@@ -3502,6 +4277,16 @@ def _sync(
     return response.returned(has_more)
 
 
+def _warn_missing(config: Config, sync: SyncState, specs: Sequence[TableSpec]) -> None:
+    """Log the tables whose entry the state keeps though this invocation did not find them."""
+    listed = {s.destination for s in specs}
+    missing = [
+        d for d, e in sync.tables.items() if d not in listed and _still_configured(config, e)
+    ]
+    if missing:
+        log(logging.WARNING, "selected tables not found; their state is kept", tables=missing)
+
+
 def assemble(
     source: Source, config: Config, specs: Sequence[TableSpec], response: Response
 ) -> bool:
@@ -3513,10 +4298,21 @@ def assemble(
         if response.has_content() and (
             source.time_left_ms() < MIN_TIME_LEFT_MS
             or response.size() > config.max_response_bytes - MIN_ROOM_BYTES
+            or response.rows >= config.limit
         ):
             return True  # the next invocation goes on with this table
         try:
-            finished = serve_table(source, config, spec, response)
+            try:
+                plan = load_plan(source, spec, config)
+            except NoPrimaryKeyError:
+                if not spec.selected:
+                    raise
+                # A view or key-less table the schema selection found (perhaps after the setup
+                # test): it cannot be copied exactly, and it must not hold the others back.
+                log(logging.WARNING, "table skipped: no primary key", table=spec.name)
+                response.done.append(spec.destination)
+                continue
+            finished = serve_table(source, config, spec, response, plan)
         except ConnectorError as e:
             raise _naming(e, spec) if len(specs) > 1 else e from None
         if not finished:
@@ -3543,13 +4339,32 @@ def _setup_test(
     """Check every table and column (SELECT works, reads nothing); report all problems."""
     problems: list[ConnectorError] = []
     keys: dict[str, list[str]] = {}
+    keyless: list[str] = []
+    full = sum(1 for s in specs if s.mode == "full")
+    inline_max = min(INLINE_SET_MAX_BYTES, INLINE_SETS_MAX_BYTES // max(1, full))
     for spec in specs:
         try:
             plan = load_plan(source, spec, config)
             source.fetch(*build_page_sql(plan, 0), 0)
             keys[spec.destination] = list(plan.primary_key)
+            if spec.mode == "full" and config.key_store is None:
+                _check_key_set_fits(source, plan, inline_max)
+        except NoPrimaryKeyError as e:
+            if spec.selected:
+                keyless.append(spec.name)
+            else:
+                problems.append(_naming(e, spec) if len(specs) > 1 else e)
         except ConnectorError as e:
             problems.append(_naming(e, spec) if len(specs) > 1 else e)
+    if keyless:
+        problems.append(
+            ConfigurationError(
+                f"schema selection: {len(keyless)} table(s) or view(s) declare no primary key: "
+                f"{', '.join(keyless[:50])}{' ...' if len(keyless) > 50 else ''}; list each in "
+                "'tables' with a 'primary_key' to copy it, or leave it out with 'exclude' "
+                "(a sync skips them, with a warning in the log)"
+            )
+        )
     if len(problems) == 1:
         raise problems[0]
     if problems:

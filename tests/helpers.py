@@ -92,6 +92,13 @@ def check_response(response: Any, max_bytes: int = lf.DEFAULT_MAX_RESPONSE_BYTES
     return size
 
 
+def stored_keys(entry: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The key set a full table's state entry keeps inline (its last finished sync's keys)."""
+    stored = lf.StoredSet.from_json(entry["keys"], "keys")
+    assert stored is not None and stored.gen is None, "an inline key set"
+    return [k for i in range(stored.parts) for k in lf.inline_part(stored, i)]
+
+
 @dataclass
 class SyncResult:
     rows: list[dict[str, Any]] = field(default_factory=list)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -178,16 +179,30 @@ STATE_ENTRY = {
 
 
 def test_state_round_trip():
-    state = {"version": 2, "tables": {"t": {**STATE_ENTRY, "mode": "incremental"}}, "done": []}
+    state = {
+        "version": lf.STATE_VERSION,
+        "tables": {"t": {**STATE_ENTRY, "mode": "incremental"}},
+        "done": [],
+    }
     sync = lf.read_state(state)
     assert sync.tables["t"].after == ("1", None)
     assert lf.write_state(sync) == state
 
 
-def test_a_v1_state_migrates_to_v2():
+def test_a_v1_state_migrates():
     sync = lf.read_state({"version": 1, "tables": {"t": STATE_ENTRY}})
     assert sync.tables["t"].mode == "incremental" and sync.done == ()
-    assert lf.write_state(sync)["version"] == 2
+    assert lf.write_state(sync)["version"] == lf.STATE_VERSION
+
+
+def test_a_v2_full_entry_becomes_a_stored_key_set():
+    """Issue 16: a version 2 full-refresh entry (its key set and pending deletes as JSON) is
+    migrated: both become the stored set, and the table's sync starts over."""
+    entry = {**STATE_ENTRY, "cursor": [], "after": ["4"], "mode": "full"}
+    entry |= {"keys": {"runs": [[1, 3]]}, "seen": {"runs": [[1, 1]]}, "deleting": {"items": [[9]]}}
+    table = lf.read_state({"version": 2, "tables": {"t": entry}, "done": []}).tables["t"]
+    assert table.complete and table.after is None and table.keys is not None
+    assert lf.inline_part(table.keys, 0) == [(1,), (2,), (3,), (9,)]
 
 
 def test_seed_style_state_resumes_from_its_cursor():
@@ -198,32 +213,62 @@ def test_seed_style_state_resumes_from_its_cursor():
 
 
 @pytest.mark.parametrize(
-    ("first", "second"),
+    "keys",
     [
-        ([(1,), (2,), (3,), (7,), (8,)], [(2,), (3,), (8,), (9,)]),
-        ([(5,)], []),
-        ([], [(1,)]),
-        ([(1,), (2,), (3,), (4,), (5,), (6,)], [(3,)]),
-        ([("a",), ("b",), ("c",)], [("b",), ("d",)]),
-        ([(1, "x"), (1, "y"), (2, "x")], [(1, "y")]),
-        ([(1,), (2,)], [(1,), ("two",)]),  # mixed: falls back to values
+        [],
+        [(5,)],
+        [(1,), (2,), (3,), (7,), (8,)],
+        [(None,), (None,), (-3,), (-2,), (10,), (2**70,)],  # NULLs first keep the runs
+        [(1,), (None,)],  # a NULL elsewhere: the general form
+        [("a",), ("ab",), ("abc",), ("b",), ("",), ("é😀\n\"",)],
+        [(1, "x"), (1, "y"), (2, None)],
+        [(1,), ("two",), (True,), (1.5,)],  # mixed: the general form
     ],
 )
-def test_key_sets_find_what_disappeared(first, second):
-    """A full table's key set: runs for one integer column, values otherwise."""
-    old, new = lf.KeySet().extended(first), lf.KeySet().extended(second)
-    gone = old.minus(new)
-    assert list(gone.keys()) == [k for k in first if k not in set(second)]
-    assert len(old) == len(set(first))
-    again = lf.KeySet.from_json(json.loads(json.dumps(old.to_json())), "keys")
-    assert list(again.keys()) == list(old.keys())
-    taken, rest = old.split(2)
-    assert taken + list(rest.keys()) == list(old.keys()) and len(taken) == min(2, len(old))
+def test_key_sets_encode_exactly(keys):
+    """Issue 16: key parts round-trip exactly, whatever the key types."""
+    assert lf.decode_keys(lf.encode_keys(keys)) == keys
+    inline, sizes = lf.inline_parts(keys)
+    stored = lf.StoredSet(len(keys), inline, sizes)
+    again = lf.StoredSet.from_json(json.loads(json.dumps(stored.to_json())), "keys")
+    assert again is not None
+    assert [k for i in range(again.parts) for k in lf.inline_part(again, i)] == keys
 
 
-def test_dense_integer_keys_are_a_few_runs():
-    keys = lf.KeySet().extended([(k,) for k in range(1, 1_000_001) if k != 500_000])
-    assert keys.to_json() == {"runs": [[1, 499_999], [500_001, 1_000_000]]}
+def test_dense_and_sparse_integer_keys_are_compact():
+    """Regression (issue 17 item 11): one NULL in a nullable integer key turned the integer runs
+    into a full list; now NULLs are counted before the runs. Sparse keys are delta-coded."""
+    dense = [(None,)] + [(k,) for k in range(1, 1_000_001) if k != 500_000]
+    assert len(lf.encode_keys(dense)) < 40
+    sparse = [(k,) for k in range(0, 3_000_000, 3)]  # 1M keys, none consecutive
+    assert len(lf.encode_keys(sparse)) < 50_000
+
+
+def test_uuid_and_text_keys_are_front_coded_and_compressed():
+    """Issue 16: other keys are front-coded, then compressed."""
+    import uuid
+
+    rng = random.Random(7)
+    uuids = sorted((str(uuid.UUID(int=rng.getrandbits(128))),) for _ in range(10_000))
+    assert len(lf.encode_keys(uuids)) < 10_000 * 22
+    skus = [(f"SKU-{g:07d}",) for g in range(100_000)]
+    assert len(lf.encode_keys(skus)) < 100_000 * 1
+
+
+@pytest.mark.parametrize("bad", ["", "!!!", "eJwDAAAAAAE=", lf.base64.b64encode(b"Tx").decode()])
+def test_a_damaged_inline_part_is_a_state_error(bad):
+    stored = lf.StoredSet(1, (bad,), (1,))
+    with pytest.raises(lf.StateError, match="inline key part 0 is damaged"):
+        lf.inline_part(stored, 0)
+
+
+def test_bitmaps_round_trip():
+    bits = [i % 3 == 0 for i in range(1001)]
+    text = lf.encode_bits(bits)
+    assert lf.decode_bits(text, 1001) == bits
+    assert len(text) <= lf._bits_text_bound(1001)
+    noisy = [random.Random(1).random() < 0.5 for _ in range(100_000)]
+    assert len(lf.encode_bits(noisy)) <= lf._bits_text_bound(100_000)
 
 
 TEXT, INT8, BOOL, FLOAT8, JSONB = 25, lf.OID_INT8, lf.OID_BOOL, lf.OID_FLOAT8, lf.OID_JSONB
