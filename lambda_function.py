@@ -3586,7 +3586,9 @@ class Response:
 
     def state(self, has_more: bool = True) -> dict[str, Any]:
         # A response that ends the sync lists no table as done: the next one starts anew.
-        return write_state(SyncState(dict(self.entries), tuple(self.done) if has_more else ()))
+        entries = {d: e for d, e in self.entries.items() if e.source is not None}  # (an unused
+        # seed-style position is dropped: the table then starts from its first row)
+        return write_state(SyncState(entries, tuple(self.done) if has_more else ()))
 
     def state_size(self, replaced: tuple[str, TableState] | None = None) -> int:
         """Serialised bytes of ``state()`` (with ``replaced``'s entry in place, if given)."""
@@ -3650,13 +3652,24 @@ class Response:
         return body
 
     def _skeleton_size(self) -> int:
+        """Bytes of the response's sections but the state's content, rows and deletes: summed
+        per table as tables join (json_size of the same shape, without serialising it)."""
         if self._skeleton is None:
-            skeleton = self.body(False)  # "false" is the longer
-            skeleton["state"] = 0
-            skeleton["insert"] = {d: [] for d in self.inserts}
-            if self.deletes:
-                skeleton["delete"] = {d: [] for d in self.deletes}
-            self._skeleton = json_size(skeleton) - 1
+            empty = {"state": 0, "insert": {}, "schema": {}, "hasMore": False}  # "false": longer
+            size = json_size(empty) - 1
+            names = [len(_escape(d)) for d in self.keys]
+            if names:
+                size += sum(n + 4 for n in names) + 2 * (len(names) - 1)  # "d": []
+                size += sum(
+                    len(_escape(d)) + 2 + json_size({"primary_key": k})
+                    for d, k in self.keys.items()
+                ) + 2 * (len(names) - 1)
+            deleted = [len(_escape(d)) for d in self.deletes]
+            if deleted:
+                size += len(', "delete": {}') + sum(n + 4 for n in deleted) + 2 * (len(deleted) - 1)
+                if self.config.deletes == "soft":
+                    size += len(', "softDelete": []') + sum(deleted) + 2 * (len(deleted) - 1)
+            self._skeleton = size
         return self._skeleton
 
     def _deletes_size(self) -> int:
@@ -4235,6 +4248,9 @@ def _sync(
         if setup_test:
             return _setup_test(source, config, specs, state_in)
         _warn_missing(config, sync, specs)
+        if sync.seed is not None:  # the sample function's position: its table goes first
+            seeded = [s for s in specs if s.mode == "incremental"][:1]
+            specs = seeded + [s for s in specs if s not in seeded]
         if target is None:
             response = Response(config, sync, specs)
             has_more = assemble(source, config, specs, response)

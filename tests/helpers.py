@@ -116,6 +116,7 @@ def sync(
     max_calls: int = 100_000,
     context: Any = None,
     warehouse: Any = None,
+    on_response: Any = None,
 ) -> SyncResult:
     """Invoke the handler as Fivetran does until hasMore is false, collecting every row (and
     applying every response to ``warehouse``, a scripts/warehouse.py Warehouse, if given)."""
@@ -132,6 +133,8 @@ def sync(
             result.deletes.setdefault(table, []).extend(keys)
         if warehouse is not None:
             warehouse.apply(response)
+        if on_response is not None:
+            on_response(response)
         result.state = response["state"]
         if not response["hasMore"]:
             return result
