@@ -3797,25 +3797,16 @@ def serve_table(
     previous = response.entries.get(destination)
     check_state(previous, plan, spec.mode)
     response.begin(destination, plan.primary_key)
-    try:
-        if spec.mode == "full":
-            full = FullRefresh(
-                source,
-                spec,
-                plan,
-                response,
-                response.key_store(destination),
-                response.inline_max,
-            )
-            return full.run(previous)
-        left = config.limit - response.rows
-        if left <= 0:
-            return False
-        batch = _read_into(
-            source, replace(config, limit=left), plan, previous, response, destination
-        )
-    finally:
+    if spec.mode == "full":
+        store = response.key_store(destination)
+        done = FullRefresh(source, spec, plan, response, store, response.inline_max).run(previous)
         response.close_table()
+        return done
+    left = config.limit - response.rows
+    if left <= 0:
+        return False
+    batch = _read_into(source, replace(config, limit=left), plan, previous, response, destination)
+    response.close_table()
     if batch.state is not None:
         response.set_entry(destination, batch.state)
     if batch.has_more:

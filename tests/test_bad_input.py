@@ -270,8 +270,8 @@ CASES = [
       "cursor-column-unknown"),
     p(s(primary_key="uid"), Cfg, r"^setting 'primary_key': column uid is not in table",
       "primary_key-column-unknown"),
-    p(lambda e: {"state": {}, "secrets": secrets_for(e.pg, e.nokey, primary_key=None)}, Cfg,
-      r"^setting 'primary_key' is missing and table public\.t_bad_input_\w+_nokey declares no "
+    p(lambda e: {"state": {}, "secrets": secrets_for(e.pg, e.nokey, primary_key=None)},
+      lf.NoPrimaryKeyError, r"^setting 'primary_key' is missing and table public\.t_bad_input_\w+_nokey declares no "
       r"primary key; expected the column\(s\) that identify a row", "primary_key-undeclared"),
     p(lambda e: {"state": {}, "secrets": e.secrets(cursor="amount")}, Cfg, r"^setting 'cursor': "
       r"column amount has type double precision, which cannot page exactly; expected an integer",
@@ -280,11 +280,11 @@ CASES = [
       r"^setting 'lookback' needs a date or timestamp as the first cursor column; n is integer$",
       "lookback-integer-cursor"),
     # -- the state -----------------------------------------------------------------------
-    p(lambda e: {**e.request(), "state": {**e.state, "version": 3}}, St, r"state is not usable: "
-      r"'version' must be 2 \(or 1, from an older release\)\. Expected the state this function "
-      r"returned earlier", "version-3"),
+    p(lambda e: {**e.request(), "state": {**e.state, "version": 4}}, St, r"state is not usable: "
+      r"'version' must be 3 \(or 1 or 2, from older releases\)\. Expected the state this "
+      r"function returned earlier", "version-4"),
     p(lambda e: {**e.request(), "state": {"tables": e.state["tables"]}}, St,
-      r"'version' must be 2", "version-missing"),
+      r"'version' must be 3", "version-missing"),
     p(st({"version": 1, "tables": []}), St, r"'tables' must be an object keyed by destination "
       r"table", "tables-list"),
     p(entry(source="public.orders"), St, r"it was written for table 'public\.orders' but the "

@@ -65,7 +65,7 @@ def test_empty_table_returns_unchanged_state_and_no_more(pg, table_name):
     for state in ({}, {"version": 1, "tables": {}}, {"version": 2, "tables": {}, "done": []}):
         response = lf.lambda_handler({"state": state, "secrets": secrets_for(pg, table_name)}, None)
         assert response == {
-            "state": {"version": 2, "tables": {}, "done": []},
+            "state": {"version": lf.STATE_VERSION, "tables": {}, "done": []},
             "insert": {table_name: []},
             "schema": {table_name: {"primary_key": ["id"]}},
             "hasMore": False,
