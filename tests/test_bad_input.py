@@ -271,8 +271,9 @@ CASES = [
     p(s(primary_key="uid"), Cfg, r"^setting 'primary_key': column uid is not in table",
       "primary_key-column-unknown"),
     p(lambda e: {"state": {}, "secrets": secrets_for(e.pg, e.nokey, primary_key=None)},
-      lf.NoPrimaryKeyError, r"^setting 'primary_key' is missing and table public\.t_bad_input_\w+_nokey declares no "
-      r"primary key; expected the column\(s\) that identify a row", "primary_key-undeclared"),
+      lf.NoPrimaryKeyError, r"^setting 'primary_key' is missing and table "
+      r"public\.t_bad_input_\w+_nokey declares no primary key; expected the column\(s\) that "
+      r"identify a row", "primary_key-undeclared"),
     p(lambda e: {"state": {}, "secrets": e.secrets(cursor="amount")}, Cfg, r"^setting 'cursor': "
       r"column amount has type double precision, which cannot page exactly; expected an integer",
       "cursor-float"),
