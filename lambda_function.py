@@ -795,7 +795,7 @@ TABLE_STATE_MAX_BYTES = 64_000  # a full table's entry in the state, at most
 CONNECTOR_STATE_MAX_BYTES = 1_000_000  # the whole state, at most
 INLINE_SET_MAX_BYTES = 24_000  # one key set kept in the state (two coexist during a sync)
 INLINE_SETS_MAX_BYTES = 400_000  # every full table's key sets kept in the state, together
-CONFIRM_KEYS = 500  # stored keys checked against the table in one query before they are deleted
+CONFIRM_KEYS = 2_000  # stored keys checked against the table in one query before they are deleted
 KEY_SAMPLE_ROWS = 1_000  # keys read to estimate what a table's key set weighs
 _KEYS_INT, _KEYS_TEXT = b"I", b"T"
 _JSON_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -1387,6 +1387,15 @@ JOIN pg_catalog.pg_class c ON c.oid = con.conrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE con.contype = 'p'
  AND n.nspname = CAST(:schema AS VARCHAR) AND c.relname = CAST(:table AS VARCHAR)"""
+
+# The same for every table of one schema (and their primary keys), read once when a schema
+# selection names many tables.
+CATALOG_OF_SCHEMA_SQL = CATALOG_SQL.replace(
+    "\n AND pg_catalog.lower(c.relname) = pg_catalog.lower(CAST(:table AS VARCHAR))", ""
+).format(schema_condition=CATALOG_SCHEMA_GIVEN)
+PRIMARY_KEYS_OF_SCHEMA_SQL = PRIMARY_KEY_SQL.replace(
+    "SELECT con.conkey", "SELECT c.relname, con.conkey"
+).replace(" AND c.relname = CAST(:table AS VARCHAR)", "")
 
 # The tables and views of one schema, for the 'schema' setting.
 SCHEMA_TABLES_SQL = """SELECT c.relname
@@ -2574,6 +2583,8 @@ class Source:
         self.con: pg8000.native.Connection | None = None
         self.search_path: list[str] = []  # the user's schemas, read before the path is pinned
         self.table: str | None = None  # the table being read, for messages
+        # Catalog rows of a whole schema, read at once (see prefetch_catalog).
+        self._catalog: tuple[str, dict[str, list[Any]], dict[str, list[Any]]] | None = None
 
     def time_left_ms(self) -> float:
         return (self.deadline - time.monotonic()) * 1000
@@ -2650,6 +2661,32 @@ class Source:
             ms=round((time.monotonic() - started) * 1000, 1),
         )
         return page
+
+    def prefetch_catalog(self, schema: str) -> None:
+        """Read the catalog rows and primary keys of every table of ``schema`` in two queries,
+        for load_plan (a schema selection of many tables costs two catalog queries, not two
+        per table)."""
+        rows = self.query("reading the catalog", CATALOG_OF_SCHEMA_SQL, {"schema": schema}).rows
+        by_table: dict[str, list[Any]] = {}
+        for row in rows:
+            by_table.setdefault(str(row[1]).lower(), []).append(row)
+        keys: dict[str, list[Any]] = {}
+        for name, conkey in self.query(
+            "reading the primary keys", PRIMARY_KEYS_OF_SCHEMA_SQL, {"schema": schema}
+        ).rows:
+            keys[str(name)] = [[conkey]]
+        self._catalog = (schema.lower(), by_table, keys)
+
+    def cached_catalog(self, table: Sequence[str]) -> list[Any] | None:
+        """load_plan's catalog rows for ``table`` if its schema was prefetched, else None."""
+        if self._catalog is None or len(table) != 2 or table[0].lower() != self._catalog[0]:
+            return None
+        return self._catalog[1].get(table[1].lower(), [])
+
+    def cached_primary_key(self, schema: str, name: str) -> list[Any] | None:
+        if self._catalog is None or schema.lower() != self._catalog[0]:
+            return None
+        return self._catalog[2].get(name, [])
 
     def fetch(self, sql: str, params: dict[str, str | None], max_bytes: int) -> Page:
         return self.query("reading rows", sql, params, max_bytes)
@@ -2768,9 +2805,10 @@ def load_plan(source: Source, spec: TableSpec, config: Config) -> TablePlan:
         sql = CATALOG_SQL.format(schema_condition=CATALOG_SCHEMA_ANY)
     found: dict[tuple[str, str], list[tuple[Column, str]]] = {}
     attnums: dict[tuple[str, str, int], str] = {}
-    for schema, name, column, type_oid, sql_type, not_null, attnum, kind in source.query(
-        "reading the catalog", sql, params
-    ).rows:
+    rows = source.cached_catalog(spec.table)
+    if rows is None:
+        rows = source.query("reading the catalog", sql, params).rows
+    for schema, name, column, type_oid, sql_type, not_null, attnum, kind in rows:
         found.setdefault((schema, name), []).append(
             (Column(column, int(type_oid), str(sql_type), not not_null), str(kind))
         )
@@ -2793,9 +2831,11 @@ def load_plan(source: Source, spec: TableSpec, config: Config) -> TablePlan:
     if spec.primary_key is not None:
         primary_key = _resolve(spec.primary_key, available, "primary_key", table)
     else:
-        declared = source.query(
-            "reading the primary key", PRIMARY_KEY_SQL, {"schema": schema, "table": name}
-        ).rows
+        declared = source.cached_primary_key(schema, name)
+        if declared is None:
+            declared = source.query(
+                "reading the primary key", PRIMARY_KEY_SQL, {"schema": schema, "table": name}
+            ).rows
         # conkey arrives as the server's text of a smallint array, e.g. "{2,1}".
         numbers = re.findall(r"-?[0-9]+", str(declared[0][0])) if declared else []
         primary_key = tuple(attnums.get((schema, name, int(n)), "") for n in numbers)
@@ -3829,17 +3869,30 @@ def _too_large(plan: TablePlan, count: int, inline_max: int) -> KeySetTooLarge:
 
 
 def _key_condition(plan: TablePlan, keys: Sequence[Key]) -> tuple[str, dict[str, str | None]]:
-    """Rows whose key equals one of ``keys`` as the database compares (bound parameters)."""
-    columns = [c for c in plan.columns if c.name in plan.primary_key]
-    by_name = {c.name: c for c in columns}
+    """Rows whose key equals one of ``keys`` as the database compares (bound parameters): an
+    IN list for a one-column key (NULL keys apart), else an OR of ANDs."""
+    by_name = {c.name: c for c in plan.columns}
     ordered = [by_name[k] for k in plan.primary_key]
     params: dict[str, str | None] = {}
     terms = []
+    if len(ordered) == 1:
+        column = ordered[0]
+        bound = []
+        for i, (value,) in enumerate(keys):
+            if value is None:
+                terms.append(f"{quote_identifier(column.name)} IS NULL")
+                continue
+            params[f"k{i}"] = position_text(column.type_oid, value)
+            bound.append(_bound(column, f"k{i}"))
+        if bound:
+            terms.append(f"{quote_identifier(column.name)} IN ({', '.join(bound)})")
+        return " OR ".join(terms) or "FALSE", params
     for i, key in enumerate(keys):
         parts = []
         for j, (column, value) in enumerate(zip(ordered, key, strict=True)):
             text = position_text(column.type_oid, value)
-            params[f"k{i}_{j}"] = text
+            if text is not None:
+                params[f"k{i}_{j}"] = text
             parts.append(_compare(column, text, f"k{i}_{j}")[1])
         terms.append("(" + " AND ".join(parts) + ")")
     return " OR ".join(terms), params
@@ -3851,10 +3904,6 @@ def build_keys_sql(plan: TablePlan, keys: Sequence[Key]) -> tuple[str, dict[str,
     names = ", ".join(quote_identifier(k) for k in plan.primary_key)
     source = f"{quote_identifier(plan.schema)}.{quote_identifier(plan.name)}"
     return f"SELECT {names} FROM {source} WHERE {condition}", params
-
-
-def build_count_sql(plan: TablePlan) -> str:
-    return f"SELECT COUNT(*) FROM {quote_identifier(plan.schema)}.{quote_identifier(plan.name)}"
 
 
 class FullRefresh:
@@ -3886,6 +3935,9 @@ class FullRefresh:
         self.destination = spec.destination
         self.key_of = _key_of(plan)
         self._parts: dict[int, list[Key]] = {}
+        # A new sync without a key store checks that the key set will fit, unless the table is
+        # read whole in this invocation (its keys then tell exactly).
+        self.check_pending = False
 
     # -- the stored key set -----------------------------------------------------------------
     def stored_part(self, entry: TableState, index: int) -> list[Key]:
@@ -3922,6 +3974,8 @@ class FullRefresh:
             if entry.phase == "reading":
                 entry, more = self.read_range(entry)
                 if more:
+                    if self.check_pending:  # the table goes on past this invocation
+                        _check_key_set_fits(self.source, self.plan, self.inline_max)
                     return self.save(entry, done=False)
                 entry = replace(entry, phase="deleting", settled=entry.settled)
             entry, more = self.delete_range(entry)
@@ -3942,7 +3996,7 @@ class FullRefresh:
             if removed:
                 log(logging.INFO, "key store cleaned", table=self.plan.source, objects=removed)
         else:
-            _check_key_set_fits(self.source, self.plan, self.inline_max)
+            self.check_pending = True
         return TableState(
             self.plan.source,
             (),
@@ -4081,11 +4135,12 @@ class FullRefresh:
 def _check_key_set_fits(source: Source, plan: TablePlan, inline_max: int) -> None:
     """Refuse up front a full table whose key set cannot fit in the state (no key store): its
     row count times the bytes per key of its first keys, encoded as the state keeps them."""
-    count = int(source.query("counting rows", build_count_sql(plan), {}).rows[0][0])
-    if not count:
+    sql, params = _key_sample_sql(plan, KEY_SAMPLE_ROWS)
+    rows = source.query("counting rows and sampling keys", sql, params).rows
+    if not rows:
         return
-    sql, params = _key_sample_sql(plan, min(count, KEY_SAMPLE_ROWS))
-    sample = [tuple(r) for r in source.query("sampling keys", sql, params).rows]
+    count = int(rows[0][0])
+    sample = [tuple(r[1:]) for r in rows]
     per_key = len(encode_keys(sample)) * 4 / 3 / max(1, len(sample))  # base64 in the state
     if count * per_key > inline_max:
         raise _too_large(plan, count, inline_max)
@@ -4112,7 +4167,8 @@ def _key_sample_sql(plan: TablePlan, count: int) -> tuple[str, dict[str, str | N
         quote_identifier(c.name) + (" NULLS FIRST" if c.nullable else "") for c in plan.order
     )
     source = f"{quote_identifier(plan.schema)}.{quote_identifier(plan.name)}"
-    return f"SELECT {names} FROM {source} ORDER BY {order} LIMIT {int(count)}", {}
+    count_sql = f"SELECT COUNT(*) FROM {source}"
+    return f"SELECT ({count_sql}), {names} FROM {source} ORDER BY {order} LIMIT {int(count)}", {}
 
 
 def configured_tables(source: Source, config: Config) -> list[TableSpec]:
@@ -4123,6 +4179,8 @@ def configured_tables(source: Source, config: Config) -> list[TableSpec]:
         rows = source.query(
             "listing the tables of the schema", SCHEMA_TABLES_SQL, {"schema": selection.schema}
         ).rows
+        if len(rows) > 1:
+            source.prefetch_catalog(selection.schema)
         configured = {(s.table[0] if len(s.table) == 2 else None, s.table[-1]) for s in specs}
         chosen = [
             str(name)

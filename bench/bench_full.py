@@ -32,6 +32,7 @@ for _path in (ROOT, ROOT / "tests", ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import full_scale  # noqa: E402
 from pgserver import PostgresServer  # noqa: E402
 
 import bench  # noqa: E402
@@ -311,7 +312,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--output", type=Path, default=bench.BENCHMARKS_MD, help="file --write updates"
     )
     parser.add_argument("--write", action="store_true", help="also rewrite BENCHMARKS.md")
+    parser.add_argument(
+        "--scale-keys", default="100000,1000000", help="key counts of the state figures"
+    )
+    parser.add_argument("--scale-deletes", type=int, default=5_000_000, help="deletes figure")
+    parser.add_argument("--scale-tables", type=int, default=300, help="tables of the cost figure")
+    parser.add_argument("--scale-rows", type=int, default=300, help="rows of each of them")
+    parser.add_argument("--no-scale", action="store_true", help="skip the scale figures")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.scale_keys, args.scale_deletes, args.scale_tables, args.scale_rows = (
+            "10000",
+            50_000,
+            30,
+            30,
+        )
     rows = QUICK_ROWS if args.quick else args.rows
     text_rows = min(rows, args.text_rows) if args.quick else args.text_rows
     if min(rows, text_rows) < 100:
@@ -339,6 +354,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{r.seconds:.2f} s",
                     flush=True,
                 )
+        scale = None
+        if not args.no_scale:
+            sizes = [int(n) for n in args.scale_keys.split(",")]
+            scale = full_scale.run_all(
+                server, sizes, args.scale_deletes, args.scale_tables, args.scale_rows
+            )
     machine.append(
         f"Load average (1 min): {load_start:.2f} at the start, {os.getloadavg()[0]:.2f} at the "
         f"end, on {os.cpu_count()} CPUs (other processes add noise)"
@@ -351,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes=(deleted, updated, text_deleted, text_updated),
         wall_s=time.perf_counter() - started,
     )
+    if scale is not None:
+        report = report.rstrip("\n") + "\n\n" + "\n".join(full_scale.report(scale)) + "\n"
     bench.print_report(report, args.output, write=args.write, writer=write_section)
     return 0
 
