@@ -76,6 +76,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 5_500_000
 MAX_MAX_RESPONSE_BYTES = 6_000_000
 MIN_MAX_RESPONSE_BYTES = 10_000
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_MAX_BACKFILL_S = 3600  # then a sync ends, and the next serves caught-up tables first
 DEFAULT_SSLMODE = "verify-full"
 SSLMODES = ("disable", "require", "verify-ca", "verify-full")
 FIRST_PAGE_ROWS = 1_000  # rows read first when the state has no bytes-per-row estimate yet
@@ -132,6 +133,8 @@ SETTINGS: dict[str, str] = {
     "connect_timeout_s": "seconds to wait for a connection",
     "statement_timeout_s": "upper bound on one query's seconds",
     "lookback": "how far back each new sync starts (time cursors)",
+    "max_backfill_s": "time a sync spends on initial loads and full re-reads once other tables "
+    "are caught up (default 1h)",
     "auth": "password or iam (temporary credentials for the function's IAM role)",
     "cluster_identifier": "provisioned cluster's identifier (auth=iam)",
     "workgroup": "Redshift Serverless workgroup name (auth=iam)",
@@ -411,6 +414,7 @@ class Config:
     lookback_s: int
     auth: AuthConfig | None = None  # None: log in with user and password
     key_store: KeyStoreConfig | None = None  # None: full tables' key sets in the state only
+    max_backfill_s: int = DEFAULT_MAX_BACKFILL_S
 
 
 def _text_setting(secrets: Mapping[str, Any], key: str, *, required: bool) -> str | None:
@@ -557,6 +561,9 @@ def parse_config(secrets: Any) -> Config:
         lookback_s=parse_duration_s(secrets.get("lookback"), "lookback"),
         auth=auth,
         key_store=parse_key_store(_text_setting(secrets, "key_store", required=False)),
+        max_backfill_s=parse_duration_s(secrets.get("max_backfill_s"), "max_backfill_s")
+        if _text_setting(secrets, "max_backfill_s", required=False) is not None
+        else DEFAULT_MAX_BACKFILL_S,
     )
     if config.sslrootcert is not None:  # fail now, before any connection, if the PEM does not load
         ssl_context(replace(config, sslmode=DEFAULT_SSLMODE))
@@ -985,6 +992,7 @@ class TableState:
     bytes_per_row: int | None = None  # learnt from the previous batch, sizes the next read
     start: str | None = None  # resume at leading cursor >= start (seed-style state only)
     mode: str = "incremental"
+    loaded: bool = False  # a sync of the table finished once: its initial load is over
     # Full refresh (see FullRefresh): the keys the last finished sync delivered, those this
     # sync delivered so far, and where the re-read stands: the range of stored part ``part``,
     # its phase (reading or deleting) and which of the part's keys are settled (a bitmap).
@@ -1004,6 +1012,7 @@ class SyncState:
     tables: dict[str, TableState] = field(default_factory=dict)
     done: tuple[str, ...] = ()
     seed: TableState | None = None  # a state written by Fivetran's sample function
+    started: int | None = None  # epoch seconds the current sync began (while it goes on)
 
 
 def _state_error(problem: str) -> StateError:
@@ -1053,8 +1062,12 @@ def _table_state(destination: str, entry: Any) -> TableState:
     mode = entry.get("mode", "incremental")
     if mode not in MODES:
         raise _state_error(f"'mode' must be one of {', '.join(MODES)}")
+    loaded = entry.get("loaded", complete)
+    if not isinstance(loaded, bool):
+        raise _state_error("'loaded' must be true or false")
     table = TableState(
         source=source,
+        loaded=loaded,
         cursor=_string_list(entry.get("cursor", []), "cursor"),
         primary_key=_string_list(entry.get("primary_key"), "primary_key"),
         after=None if after is None else _string_list(after, "after", allow_null=True),
@@ -1133,9 +1146,13 @@ def read_state(state: Any) -> SyncState:
     if not isinstance(tables, Mapping):
         raise _state_error("'tables' must be an object keyed by destination table")
     done = state.get("done", []) if version != 1 else []
+    started = state.get("started")
+    if started is not None and not _whole(started):
+        raise _state_error("'started' must be a whole number of seconds")
     return SyncState(
         tables={str(d): _table_state(str(d), e) for d, e in tables.items()},
         done=_string_list(done, "done"),
+        started=started,
     )
 
 
@@ -1147,6 +1164,7 @@ def _entry_json(table: TableState) -> dict[str, Any]:
         "primary_key": list(table.primary_key),
         "after": None if table.after is None else list(table.after),
         "complete": table.complete,
+        "loaded": table.loaded,
         "bytes_per_row": table.bytes_per_row,
     }
     if table.mode == "full":
@@ -1173,12 +1191,15 @@ def _next_json(stored: StoredSet | None, pending: Sequence[Key]) -> dict[str, An
 
 
 def write_state(sync: SyncState) -> dict[str, Any]:
-    """The state to return, version 2."""
-    return {
+    """The state to return."""
+    state: dict[str, Any] = {
         "version": STATE_VERSION,
         "tables": {d: _entry_json(t) for d, t in sync.tables.items()},
         "done": list(sync.done),
     }
+    if sync.started is not None:
+        state["started"] = sync.started
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -3572,8 +3593,12 @@ class Response:
         if sync.seed is not None and first is not None and first not in self.entries:
             self.set_entry(first, sync.seed)
         self.done = [d for d in sync.done if d in destinations]
+        self.started = sync.started
         if set(destinations) <= set(self.done):
             self.done = []  # every table was finished: this invocation starts a new sync
+            self.started = None
+        if self.started is None:
+            self.started = int(time.time())
         self.inserts: dict[str, list[Row]] = {}
         self.row_bytes: dict[str, int] = {}  # serialised rows with separators, per table
         self.deletes: dict[str, list[Row]] = {}
@@ -3628,7 +3653,9 @@ class Response:
         # A response that ends the sync lists no table as done: the next one starts anew.
         entries = {d: e for d, e in self.entries.items() if e.source is not None}  # (an unused
         # seed-style position is dropped: the table then starts from its first row)
-        return write_state(SyncState(entries, tuple(self.done) if has_more else ()))
+        if not has_more:
+            return write_state(SyncState(entries))
+        return write_state(SyncState(entries, tuple(self.done), started=self.started))
 
     def state_size(self, replaced: tuple[str, TableState] | None = None) -> int:
         """Serialised bytes of ``state()`` (with ``replaced``'s entry in place, if given)."""
@@ -3636,7 +3663,8 @@ class Response:
         if replaced is not None:
             sizes[replaced[0]] = self._entry_size(*replaced)
         tables = 2 + sum(sizes.values()) + 2 * max(0, len(sizes) - 1)
-        return len('{"version": 0, "tables": , "done": }') + tables + json_size(self.done)
+        started = len(', "started": ') + len(str(self.started))
+        return len('{"version": 0, "tables": , "done": }') + tables + json_size(self.done) + started
 
     # -- rows and deletes -------------------------------------------------------------------
     def begin(self, destination: str, primary_key: Sequence[str]) -> None:
@@ -3851,6 +3879,9 @@ def serve_table(
         response.set_entry(destination, batch.state)
     if batch.has_more:
         return False
+    entry = response.entries.get(destination)
+    if entry is not None and entry.source is not None and not entry.loaded:
+        response.set_entry(destination, replace(entry, loaded=True))
     response.done.append(destination)
     return True
 
@@ -4355,8 +4386,36 @@ def _warn_missing(config: Config, sync: SyncState, specs: Sequence[TableSpec]) -
 def assemble(
     source: Source, config: Config, specs: Sequence[TableSpec], response: Response
 ) -> bool:
-    """Serve the tables in their fixed order into ``response`` until its budget or the time
-    is used up; True when more is to come (hasMore)."""
+    """Serve the tables into ``response`` until its budget or the time is used up; True when
+    more is to come (hasMore).
+
+    Fair order: the caught-up incremental tables (their initial load is over: their increment
+    is small) go first, then the backfills (initial loads and full re-reads), each group in the
+    configured order. Once caught-up tables exist and the sync has spent ``max_backfill_s`` on
+    backfills, it ends when their increments are in; the next sync serves those first again and
+    goes on with the backfills where they stood. So a days-long load never starves them."""
+    increments = [s for s in specs if _caught_up(response, s)]
+    backfills = [s for s in specs if s not in increments]
+    has_more = _serve(source, config, increments + backfills, response, len(specs))
+    if (
+        has_more
+        and increments
+        and all(s.destination in response.done for s in increments)
+        and time.time() - (response.started or 0) >= config.max_backfill_s
+    ):
+        log(logging.INFO, "sync ends: backfills go on in the next sync", tables=len(backfills))
+        return False
+    return has_more
+
+
+def _caught_up(response: Response, spec: TableSpec) -> bool:
+    entry = response.entries.get(spec.destination)
+    return spec.mode == "incremental" and entry is not None and entry.loaded
+
+
+def _serve(
+    source: Source, config: Config, specs: Sequence[TableSpec], response: Response, count: int
+) -> bool:
     for spec in specs:
         if spec.destination in response.done:
             continue
@@ -4379,7 +4438,7 @@ def assemble(
                 continue
             finished = serve_table(source, config, spec, response, plan)
         except ConnectorError as e:
-            raise _naming(e, spec) if len(specs) > 1 else e from None
+            raise _naming(e, spec) if count > 1 else e from None
         if not finished:
             return True
     return False

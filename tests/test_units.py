@@ -174,6 +174,7 @@ STATE_ENTRY = {
     "primary_key": ["id"],
     "after": ["1", None],
     "complete": False,
+    "loaded": False,
     "bytes_per_row": 10,
 }
 
