@@ -84,9 +84,9 @@ def check_response(response: Any, max_bytes: int = lf.DEFAULT_MAX_RESPONSE_BYTES
     size = len(text.encode("utf-8"))
     assert size <= max_bytes, f"response of {size} bytes exceeds the budget {max_bytes}"
     if response["hasMore"]:
-        assert any(response["insert"].values()) or any(
-            response.get("delete", {}).values()
-        ), "hasMore with no rows"
+        assert any(response["insert"].values()) or any(response.get("delete", {}).values()), (
+            "hasMore with no rows"
+        )
     for rows in response["insert"].values():
         remember_row_values(rows)
     return size

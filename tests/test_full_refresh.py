@@ -372,3 +372,33 @@ def test_a_response_one_byte_short_of_a_row_holds_it_not(pg, table_name):
         lf.lambda_handler({"state": {}, "secrets": tight}, None)
     exact = secrets_for(pg, table_name, max_response_bytes=str(size))
     assert check_response(lf.lambda_handler({"state": {}, "secrets": exact}, None), size) == size
+
+
+def test_the_setup_test_answer_stays_small_whatever_the_configuration(pg, schema):
+    """Regression (issue 17, item 2): the setup test echoed the whole state and listed every
+    table in insert and schema: 99,655 bytes for 1,200 tables, 74,232 bytes for one table with
+    5,000 text keys in its state, past the setup-test channel's 64 KiB."""
+    pg.execute(
+        "DO $$ BEGIN FOR i IN 1..1200 LOOP EXECUTE format("
+        f"'CREATE TABLE {schema}.table_with_a_long_name_%s (id int PRIMARY KEY)', i);"
+        " END LOOP; END $$"
+    )
+    secrets = secrets_for(pg, "x", schema=schema)
+    for key in ("table", "cursor", "primary_key"):
+        secrets.pop(key)
+    answer = lf.lambda_handler({"state": {}, "secrets": secrets, "setup_test": True}, None)
+    assert answer == {"state": {}, "insert": {}, "hasMore": False}
+    keys = sorted((f"{i:05d}-{hash(str(i)) % 10**12:012d}",) for i in range(5_000))
+    inline, sizes = lf.inline_parts(keys)
+    entry = lf.TableState(
+        f"{schema}.x",
+        (),
+        ("id",),
+        mode="full",
+        complete=True,
+        keys=lf.StoredSet(len(keys), inline, sizes),
+    )
+    large = lf.write_state(lf.SyncState({"x": entry}))
+    assert len(json.dumps(large)) > lf.SETUP_STATE_MAX_BYTES
+    answer = lf.lambda_handler({"state": large, "secrets": secrets, "setup_test": True}, None)
+    assert len(json.dumps(answer)) < 1_000

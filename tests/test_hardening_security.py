@@ -688,13 +688,10 @@ def test_the_state_carries_other_tables_through(pg, table_name):
     """
     for suffix in ("a", "b"):
         pg.execute(f"CREATE TABLE {table_name}_{suffix} (id int PRIMARY KEY, updated_at int)")
-        pg.execute(
-            f"INSERT INTO {table_name}_{suffix} SELECT g, g FROM generate_series(1, 25) g"
-        )
+        pg.execute(f"INSERT INTO {table_name}_{suffix} SELECT g, g FROM generate_series(1, 25) g")
     try:
         tables = [
-            {"table": f"{table_name}_{x}", "cursor": "updated_at", "destination": x}
-            for x in "ab"
+            {"table": f"{table_name}_{x}", "cursor": "updated_at", "destination": x} for x in "ab"
         ]
         secrets_ = secrets_for(pg, "x", tables=json.dumps(tables), limit="7")
         for key in ("table", "cursor", "primary_key"):

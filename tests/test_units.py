@@ -221,7 +221,7 @@ def test_seed_style_state_resumes_from_its_cursor():
         [(1,), (2,), (3,), (7,), (8,)],
         [(None,), (None,), (-3,), (-2,), (10,), (2**70,)],  # NULLs first keep the runs
         [(1,), (None,)],  # a NULL elsewhere: the general form
-        [("a",), ("ab",), ("abc",), ("b",), ("",), ("é😀\n\"",)],
+        [("a",), ("ab",), ("abc",), ("b",), ("",), ('é😀\n"',)],
         [(1, "x"), (1, "y"), (2, None)],
         [(1,), ("two",), (True,), (1.5,)],  # mixed: the general form
     ],
