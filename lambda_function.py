@@ -20,7 +20,8 @@ Map, top to bottom (everything above "Credentials" is pure):
   byte budget, settles the end of the batch with the database, streams to a sink if given
 - Credentials: ``login_credentials`` (password, or temporary IAM credentials from AWS)
 - Database I/O: the wire protocol (one round trip per query, rows streamed in chunks under
-  a byte cap), ``Source`` (one read-only REPEATABLE READ session), catalog lookup
+  a byte cap), ``RedshiftConnection`` (pg8000 plus Redshift's SHA-256 login), ``Source`` (one
+  read-only REPEATABLE READ session), catalog lookup (late-binding views too)
 - S3 output: ``S3Upload`` and ``JsonObjectStream`` for Fivetran's sync through S3
 - Batch assembly across tables, the outputs: ``Response`` (the Lambda response, or the S3
   object's rows and the small returned response), ``serve_table``, full-refresh deletes

@@ -166,7 +166,7 @@ class RedshiftStandIn:
         for thread in self._threads:
             thread.join(timeout=5)
 
-    def secrets(self, table: str, **overrides: Any) -> dict[str, Any]:
+    def secrets(self, table: str | None, **overrides: Any) -> dict[str, Any]:
         """Connector secrets for a table of this server (as tests/helpers.secrets_for)."""
         secrets: dict[str, Any] = {
             "host": self.host,
@@ -179,6 +179,8 @@ class RedshiftStandIn:
             "primary_key": "id",
             "sslmode": "disable",
         }
+        if table is None:  # e.g. a schema selection instead
+            del secrets["table"]
         secrets.update({k: v for k, v in overrides.items() if v is not None})
         for key in [k for k, v in overrides.items() if v is None]:
             secrets.pop(key, None)
