@@ -2428,7 +2428,9 @@ def wire_query(
                 break
             else:
                 handlers[code](data, context)
-    except (OSError, ValueError) as e:  # ValueError: a write to a closed socket file
+    except (OSError, ValueError, pg8000.native.InterfaceError) as e:  # ValueError: a write
+        if context.error is not None:  # to a closed socket file
+            raise context.error from None  # a FATAL error: the server said why, then hung up
         raise pg8000.native.InterfaceError("network error") from e
     if context.error is not None:
         raise context.error

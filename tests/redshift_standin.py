@@ -92,12 +92,20 @@ class ScriptedError:
     code: str
     message: str
     detail: str | None = None
+    severity: str = "ERROR"  # FATAL: the connection is closed after the message
+    disconnect: bool = False  # close the connection without an answer (a node going away)
 
 
 class StandInError(Exception):
-    def __init__(self, code: str, message: str, detail: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, detail: str | None = None, severity: str = "ERROR"
+    ) -> None:
         super().__init__(message)
-        self.code, self.message, self.detail = code, message, detail
+        self.code, self.message, self.detail, self.severity = code, message, detail, severity
+
+
+class StandInDisconnect(Exception):
+    """Close the connection now, without a word."""
 
 
 @dataclass
@@ -275,7 +283,11 @@ class RedshiftStandIn:
             self.statements.append(sql)
         for scripted in self.errors:
             if scripted.when in sql:
-                raise StandInError(scripted.code, scripted.message, scripted.detail)
+                if scripted.disconnect:
+                    raise StandInDisconnect
+                raise StandInError(
+                    scripted.code, scripted.message, scripted.detail, scripted.severity
+                )
         if sql.startswith("BEGIN"):
             return Result(None, tag="BEGIN")
         if "pg_catalog.current_schemas(false)" in sql:
@@ -432,8 +444,12 @@ class _Session:
                     self._extended(code, data)
                 except StandInError as e:
                     self.failed = True
-                    _error(self.f, e.code, e.message, detail=e.detail)
+                    _error(self.f, e.code, e.message, e.severity, e.detail)
                     self.f.flush()
+                    if e.severity == "FATAL":
+                        return
+                except StandInDisconnect:
+                    return
 
     def _extended(self, code: bytes, data: bytes) -> None:
         if code == b"P":

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import pytest
-from helpers import SENSITIVE, sync
+from helpers import SENSITIVE, secrets_for, sync
 from redshift_standin import (
     BPCHAR,
     GEOGRAPHY,
@@ -299,3 +300,65 @@ def test_safe_class_errors_from_redshift_pass_on_as_before():
         pytest.raises(lf.SourceError, match=r'relation "public.rs_rows" does not exist'),
     ):
         lf.lambda_handler({"state": {}, "secrets": rs.secrets("rs_rows")}, None)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        # What a node restart or a resize does to open sessions: the PostgreSQL-derived FATAL
+        # (class 57, passed on) or a connection closed without a word.
+        (
+            ScriptedError(
+                'FROM "public"."rs_rows"',
+                "57P01",
+                "terminating connection due to administrator command",
+                severity="FATAL",
+            ),
+            r"reading rows: the database said: terminating connection due to administrator "
+            r"command \(SQLSTATE 57P01\)",
+        ),
+        (
+            ScriptedError('FROM "public"."rs_rows"', "", "", disconnect=True),
+            r"reading rows: cannot talk to 127\.0\.0\.1:\d+: InterfaceError",
+        ),
+    ],
+)
+def test_a_connection_the_cluster_ends_gives_a_clear_error(error, expected):
+    """Regression (issue 20): a FATAL error (57P01 when a node restarts or a resize ends the
+    sessions) was reported as 'cannot talk to ...: InterfaceError', the server's message lost:
+    the server sends it and then closes the connection."""
+    with (
+        RedshiftStandIn([rows_table()], errors=[error]) as rs,
+        pytest.raises(lf.SourceError, match=expected),
+    ):
+        lf.lambda_handler({"state": {}, "secrets": rs.secrets("rs_rows")}, None)
+
+
+def test_a_terminated_session_on_postgresql_says_why(pg, table_name):
+    """The same FATAL on a real server: the function's backend is terminated mid-query."""
+    pg.execute(
+        f"CREATE VIEW {table_name} AS SELECT g AS id, g AS updated_at"
+        " FROM generate_series(1, 3) g, (SELECT pg_catalog.pg_sleep(20)) s"
+    )
+    done = threading.Event()
+
+    def terminate() -> None:
+        while not done.is_set():
+            rows = pg.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'redshift-lambda' AND query LIKE '%ORDER BY%'"
+                " AND state = 'active'"
+            )
+            if rows:
+                return
+            done.wait(0.1)
+
+    killer = threading.Thread(target=terminate)
+    killer.start()
+    try:
+        secrets = secrets_for(pg, table_name)
+        with pytest.raises(lf.SourceError, match=r"terminating connection.*SQLSTATE 57P01"):
+            lf.lambda_handler({"state": {}, "secrets": secrets}, None)
+    finally:
+        done.set()
+        killer.join()
