@@ -362,3 +362,18 @@ def test_a_terminated_session_on_postgresql_says_why(pg, table_name):
     finally:
         done.set()
         killer.join()
+
+
+def test_the_stand_in_answers_the_simple_query_protocol_too():
+    """The simple query protocol (pg8000's own client; the function uses the extended one)."""
+    with RedshiftStandIn([rows_table()], auth="md5") as rs:
+        con = lf.RedshiftConnection(
+            rs.user, host=rs.host, port=rs.port, database=rs.database, password=rs.password
+        )
+        try:
+            assert con.parameter_statuses["server_version"] == "8.0.2"
+            context = con.execute_simple("SELECT pg_catalog.current_schemas(false)")
+            assert context.rows == [[["public"]]]  # pg8000 decodes name[] itself
+            assert con.execute_simple(lf.BEGIN_SQL).rows is None
+        finally:
+            con.close()
