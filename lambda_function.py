@@ -20,7 +20,8 @@ Map, top to bottom (everything above "Credentials" is pure):
   byte budget, settles the end of the batch with the database, streams to a sink if given
 - Credentials: ``login_credentials`` (password, or temporary IAM credentials from AWS)
 - Database I/O: the wire protocol (one round trip per query, rows streamed in chunks under
-  a byte cap), ``Source`` (one read-only REPEATABLE READ session), catalog lookup
+  a byte cap), ``RedshiftConnection`` (pg8000 plus Redshift's SHA-256 login), ``Source`` (one
+  read-only REPEATABLE READ session), catalog lookup (late-binding views too)
 - S3 output: ``S3Upload`` and ``JsonObjectStream`` for Fivetran's sync through S3
 - Batch assembly across tables, the outputs: ``Response`` (the Lambda response, or the S3
   object's rows and the small returned response), ``serve_table``, full-refresh deletes
@@ -106,6 +107,13 @@ OID_BOOL, OID_BYTEA, OID_INT8, OID_INT2, OID_INT4, OID_OID = 16, 17, 20, 21, 23,
 OID_JSON, OID_JSONB, OID_FLOAT4, OID_FLOAT8 = 114, 3802, 700, 701
 OID_TIMESTAMP, OID_TIMESTAMPTZ, OID_NUMERIC, OID_DATE = 1114, 1184, 1700, 1082
 OID_INTERVAL = 1186
+# Redshift's own types (OIDs from redshift_connector/utils/oids.py and the Redshift JDBC driver's
+# Oid.java): interval year to month / day to second columns, SUPER, VARBYTE, GEOMETRY,
+# GEOGRAPHY, HLLSKETCH; TIMETZ is PostgreSQL's.
+OID_TIMETZ, OID_INTERVAL_Y2M, OID_INTERVAL_D2S = 1266, 1188, 1190
+OID_SUPER, OID_VARBYTE, OID_GEOMETRY, OID_GEOGRAPHY, OID_HLLSKETCH = 4000, 6551, 3000, 3001, 2935
+# Types whose values are text by nature: char, name, text, bpchar, varchar ("char" is 18).
+TEXT_OIDS = frozenset({18, 19, 25, 1042, 1043})
 
 # The settings (the connector's secrets): name -> one-line meaning. README's table lists them.
 SETTINGS: dict[str, str] = {
@@ -1394,6 +1402,57 @@ ORDER BY n.nspname, c.relname, a.attnum"""
 CATALOG_SCHEMA_GIVEN = "pg_catalog.lower(n.nspname) = pg_catalog.lower(CAST(:schema AS VARCHAR))"
 CATALOG_SCHEMA_ANY = "TRUE"  # the table's schema is then chosen by the user's search_path
 
+# A late-binding view (Redshift's CREATE VIEW ... WITH NO SCHEMA BINDING) has no pg_attribute
+# rows: Redshift lists its columns through pg_get_late_binding_view_cols(), with the type as
+# format_type's text and no type OID (AWS documentation of the function). PostgreSQL has no
+# such function (SQLSTATE 42883): no late-binding views there.
+LATE_BINDING_SQL = """SELECT cols.view_schema, cols.view_name, cols.col_name, cols.col_type,
+ cols.col_num
+FROM pg_catalog.pg_get_late_binding_view_cols()
+ cols(view_schema NAME, view_name NAME, col_name NAME, col_type VARCHAR, col_num INT)
+WHERE pg_catalog.lower(cols.view_name) = pg_catalog.lower(CAST(:table AS VARCHAR))
+ AND {schema_condition}
+ORDER BY cols.view_schema, cols.view_name, cols.col_num"""
+LATE_BINDING_SCHEMA_GIVEN = (
+    "pg_catalog.lower(cols.view_schema) = pg_catalog.lower(CAST(:schema AS VARCHAR))"
+)
+SQLSTATE_UNDEFINED_FUNCTION = "42883"
+# format_type's text of each type (without its modifier) -> the OID its values arrive with.
+TYPE_OIDS_BY_NAME = {
+    "boolean": OID_BOOL,
+    "smallint": OID_INT2,
+    "integer": OID_INT4,
+    "bigint": OID_INT8,
+    "real": OID_FLOAT4,
+    "double precision": OID_FLOAT8,
+    "numeric": OID_NUMERIC,
+    "character": 1042,
+    "character varying": 1043,
+    "text": 25,
+    "date": OID_DATE,
+    "time without time zone": 1083,
+    "time with time zone": OID_TIMETZ,
+    "timestamp without time zone": OID_TIMESTAMP,
+    "timestamp with time zone": OID_TIMESTAMPTZ,
+    "interval": OID_INTERVAL,
+    "interval year to month": OID_INTERVAL_Y2M,
+    "interval day to second": OID_INTERVAL_D2S,
+    "super": OID_SUPER,
+    "varbyte": OID_VARBYTE,
+    "binary varying": OID_VARBYTE,
+    "geometry": OID_GEOMETRY,
+    "geography": OID_GEOGRAPHY,
+    "hllsketch": OID_HLLSKETCH,
+}
+_TYPE_MODIFIER = re.compile(r"\([0-9, ]*\)")
+
+
+def type_oid_by_name(sql_type: str) -> int:
+    """The OID of a type given as format_type's text, e.g. ``character varying(20)``; 0 (text)
+    for a type this table does not list."""
+    return TYPE_OIDS_BY_NAME.get(" ".join(_TYPE_MODIFIER.sub("", sql_type).split()).lower(), 0)
+
+
 # One step down a domain: its base type, the base's kind and the type text with the domain's
 # modifier. Redshift has no domains; PostgreSQL sends a domain's values with the base's OID.
 DOMAIN_SQL = """SELECT b.oid, b.typtype, pg_catalog.format_type(b.oid, d.typtypmod)
@@ -1580,6 +1639,7 @@ _EXACT_TEXT = Codec(loosen=_same)
 _INTEGER = Codec(decode=int, size="repr", loosen=_same)
 _FLOAT = Codec(decode=_float_in, size="repr", orderable=False, loosen=_same)
 _JSON = Codec(decode=_json_in, size="encode", orderable=False, loosen=_same)
+_UNORDERED_TEXT = Codec(orderable=False, loosen=_same)  # exact text no bound value can page
 CODECS: dict[int, Codec] = {
     OID_BOOL: Codec(_bool_in, "repr", lambda v: "true" if v else "false", loosen=_same),
     OID_INT2: _INTEGER,
@@ -1598,9 +1658,20 @@ CODECS: dict[int, Codec] = {
     OID_BYTEA: Codec(_bytea_in, position=_bytea_position, loosen=_same),
     OID_JSON: _JSON,
     OID_JSONB: _JSON,
+    # Redshift's types (text forms: redshift_connector's type_utils.py and the AWS
+    # documentation). Each is the server's own text, exact and a JSON string; those whose
+    # order a bound text cannot reproduce (a VARBYTE literal is not its hex) cannot page.
+    OID_TIMETZ: _EXACT_TEXT,  # '04:05:06+00': time and offset, compared as the server does
+    OID_INTERVAL_Y2M: Codec(loosen=lambda v: v is None),  # '1 year 2 mons', like interval
+    OID_INTERVAL_D2S: Codec(loosen=lambda v: v is None),  # '1 day 02:03:04', like interval
+    OID_SUPER: _UNORDERED_TEXT,  # its JSON text, e.g. '{"a":[1,2]}' or '"abc"'
+    OID_VARBYTE: _UNORDERED_TEXT,  # its bytes in hexadecimal, e.g. '616263'
+    OID_GEOMETRY: _UNORDERED_TEXT,  # hexadecimal EWKB
+    OID_GEOGRAPHY: _UNORDERED_TEXT,  # hexadecimal EWKB
+    OID_HLLSKETCH: _UNORDERED_TEXT,  # the sketch's JSON (sparse) or base64 (dense) text
 }
-# Every other type (char, varchar, text, time with time zone, inet, arrays, enums, Redshift's
-# SUPER, VARBYTE, GEOMETRY...) is the server's text, compared loosely.
+# Every other type (char, varchar, text, inet, arrays, enums, any type the function does not
+# know) is the server's text, compared loosely; load_plan logs a note for an unknown one.
 TEXT_CODEC = Codec()
 
 
@@ -2341,6 +2412,23 @@ def login_credentials(config: Config, deadline: float) -> tuple[str, str]:
 _SAFE_SQLSTATE_CLASSES = {"08", "0A", "25", "28", "3D", "3F", "42", "53", "54", "55", "57"}
 
 
+SQLSTATE_INTERNAL_ERROR = "XX000"
+_QUOTED_LITERAL = re.compile(r"'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?")
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_$])[-+]?[0-9][0-9.:eE+-]*")
+MAX_SERVER_MESSAGE_CHARS = 300
+
+
+def _without_values(message: str) -> str:
+    """A server message with every quoted text emptied (single or double quotes: either may
+    hold a value) and every number replaced by ``#`` (a name's digits stay), at most
+    MAX_SERVER_MESSAGE_CHARS long."""
+    text = _NUMBER.sub("#", _QUOTED_LITERAL.sub(lambda m: m[0][0] * 2, message))
+    text = " ".join(text.split())
+    return (
+        text if len(text) <= MAX_SERVER_MESSAGE_CHARS else text[:MAX_SERVER_MESSAGE_CHARS] + "..."
+    )
+
+
 def _source_error(
     exc: BaseException, config: Config, action: str, table: str | None = None
 ) -> ConnectorError:
@@ -2363,8 +2451,7 @@ def _source_error(
             )
         if code == "28P01":
             hint = (
-                "check 'user' and 'password' (pg8000 needs an MD5 password on Redshift, not "
-                "SHA-256)"
+                "check 'user' and 'password'"
                 if config.auth is None
                 else "the database refused the temporary IAM credentials: does the user exist "
                 "(or set auto_create=true)?"
@@ -2382,6 +2469,15 @@ def _source_error(
             )
         if code[:2] in _SAFE_SQLSTATE_CLASSES:
             return SourceError(f"{action}: the database said: {message} (SQLSTATE {code})", code)
+        if code == SQLSTATE_INTERNAL_ERROR:
+            # Redshift reports most of its own failures (a node that failed, a query it cannot
+            # plan, a value it cannot convert) as XX000: its message is passed on with every
+            # quoted text and every number taken out, as they may be row values.
+            return SourceError(
+                f"{action}: Redshift reported an internal error: {_without_values(message)} "
+                f"(SQLSTATE {code}; quoted texts and numbers are withheld)",
+                code,
+            )
         return SourceError(
             f"{action}: the database refused the query (SQLSTATE {code}); its message is "
             "withheld because it may quote row values",
@@ -2401,8 +2497,9 @@ def _source_error(
             return SourceTimeoutError(f"{action}: {where} did not answer in time")
     if "Authentication method" in str(exc):
         return SourceError(
-            f"{action}: {where} asks for a password method pg8000 cannot do; give the user an "
-            "MD5 password (Redshift's SHA-256 passwords are not supported)"
+            f"{action}: {where} asks for a login method the function cannot do ({exc}); "
+            "expected a password stored as MD5 or SHA-256 (Redshift), SCRAM (PostgreSQL), "
+            "or auth=iam"
         )
     if "refuses SSL" in str(exc):
         return SourceError(
@@ -2565,7 +2662,9 @@ def wire_query(
                 break
             else:
                 handlers[code](data, context)
-    except (OSError, ValueError) as e:  # ValueError: a write to a closed socket file
+    except (OSError, ValueError, pg8000.native.InterfaceError) as e:  # ValueError: a write
+        if context.error is not None:  # to a closed socket file
+            raise context.error from None  # a FATAL error: the server said why, then hung up
         raise pg8000.native.InterfaceError("network error") from e
     if context.error is not None:
         raise context.error
@@ -2593,6 +2692,58 @@ def parse_text_array(text: str) -> list[str]:
             i = j
         i += 1  # the comma
     return items
+
+
+AUTH_REQ_DIGEST = 13  # Redshift's request for a SHA-256 password digest
+DIGEST_ALGORITHMS = {0: "sha256"}  # the algorithm numbers Redshift sends (redshift_connector)
+
+
+class RedshiftConnection(pg8000.native.Connection):  # type: ignore[misc]
+    """pg8000's connection, answering Redshift's authentication request 13 too.
+
+    Redshift asks for it when the user's password is stored as SHA-256, which pg8000 does not
+    know. The request holds an algorithm number (0: SHA-256), a salt and a server nonce, each
+    length-prefixed; the answer (message ``d``) is the digest SHA256(SHA256(password + salt) +
+    server nonce + client nonce) and the client nonce, each length-prefixed, as Amazon's own
+    drivers send it (redshift_connector's core.py, the JDBC driver's ExtensibleDigest). Every
+    other request is pg8000's.
+    """
+
+    def handle_AUTHENTICATION_REQUEST(self, data: bytes, context: Any) -> None:
+        if len(data) < 4 or _INT32.unpack_from(data)[0] != AUTH_REQ_DIGEST:
+            super().handle_AUTHENTICATION_REQUEST(data, context)
+            return
+        fields, at = [], 8
+        try:
+            algorithm = _INT32.unpack_from(data, 4)[0]
+            for _ in range(2):  # the salt, then the server nonce
+                size = _INT32.unpack_from(data, at)[0]
+                if size < 0 or at + 4 + size > len(data):
+                    raise ValueError
+                fields.append(data[at + 4 : at + 4 + size])
+                at += 4 + size
+        except (struct.error, ValueError):
+            raise pg8000.native.InterfaceError(
+                "Authentication method 13 request is malformed"
+            ) from None
+        if algorithm not in DIGEST_ALGORITHMS:
+            raise pg8000.native.InterfaceError(
+                f"Authentication method 13 with digest algorithm {algorithm} not supported"
+            )
+        if self.password is None:
+            raise pg8000.native.InterfaceError(
+                "server requesting password authentication, but no password was provided"
+            )
+        salt, server_nonce = fields
+        client_nonce = str(int(time.time() * 1000)).encode("ascii")  # as Amazon's drivers do
+        digest = getattr(hashlib, DIGEST_ALGORITHMS[algorithm])
+        hashed = digest(digest(self.password + salt).digest() + server_nonce + client_nonce)
+        answer = hashed.digest()
+        self._send_message(
+            b"d",
+            _INT32.pack(len(answer)) + answer + _INT32.pack(len(client_nonce)) + client_nonce,
+        )
+        self._sock.flush()
 
 
 class Source:
@@ -2631,7 +2782,7 @@ class Source:
             # the TLS negotiation times out).
             sock = socket.create_connection((config.host, config.port), timeout_s)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            self.con = pg8000.native.Connection(
+            self.con = RedshiftConnection(
                 user=config.user,
                 password=config.password,
                 host=config.host,
@@ -2817,6 +2968,35 @@ def _base_type(source: Source, column: Column, kind: str) -> tuple[Column, str]:
     raise SourceError(f"reading the type of column {display_name([column.name])}: no base type")
 
 
+def _late_binding_columns(
+    source: Source, spec: TableSpec
+) -> dict[tuple[str, str], list[tuple[Column, str]]]:
+    """The columns of late-binding views named like the configured table (Redshift only):
+    their types by name, each column nullable (the function cannot know)."""
+    params = {"table": spec.table[-1]}
+    condition = CATALOG_SCHEMA_ANY
+    if len(spec.table) == 2:
+        params["schema"] = spec.table[0]
+        condition = LATE_BINDING_SCHEMA_GIVEN
+    try:
+        rows = source.query(
+            "reading a late-binding view's columns",
+            LATE_BINDING_SQL.format(schema_condition=condition),
+            params,
+        ).rows
+    except SourceError as e:
+        if e.sqlstate == SQLSTATE_UNDEFINED_FUNCTION:  # PostgreSQL: no late-binding views
+            return {}
+        raise
+    found: dict[tuple[str, str], list[tuple[Column, str]]] = {}
+    for schema, name, column, sql_type, _ in rows:
+        oid = type_oid_by_name(str(sql_type))
+        found.setdefault((str(schema), str(name)), []).append(
+            (Column(str(column), oid, str(sql_type), True), "b")
+        )
+    return found
+
+
 def load_plan(source: Source, spec: TableSpec, config: Config) -> TablePlan:
     """Find the table and its columns in the catalog and check the cursor and key columns."""
     params = {"table": spec.table[-1]}
@@ -2835,6 +3015,8 @@ def load_plan(source: Source, spec: TableSpec, config: Config) -> TablePlan:
             (Column(column, int(type_oid), str(sql_type), not not_null), str(kind))
         )
         attnums[(schema, name, int(attnum))] = column
+    if not found:
+        found = _late_binding_columns(source, spec)
     wanted = display_name(spec.table)
     chosen = _choose_table(list(found), spec.table, source.search_path)
     if chosen is None:
@@ -2870,6 +3052,17 @@ def load_plan(source: Source, spec: TableSpec, config: Config) -> TablePlan:
             )
     plan = TablePlan(schema, name, columns, cursor, primary_key)
     source.table = plan.source
+    for column in columns:
+        if column.type_oid not in CODECS and column.type_oid not in TEXT_OIDS:
+            log(
+                logging.INFO,
+                "unknown_type",
+                table=plan.source,
+                column=column.name,
+                type=column.sql_type,
+                oid=column.type_oid,
+                note="copied as the server's text",
+            )
     for column in plan.order:
         setting = "cursor" if column.name in cursor else "primary_key"
         if not codec(column.type_oid).orderable:
