@@ -93,8 +93,8 @@ READ_BYTES_SLACK = 65_536
 LOCAL_RUN_TIME_MS = 900_000  # time assumed when there is no Lambda context (local runs)
 TIME_MARGIN_MAX_MS = 15_000  # kept free at the end of an invocation to return cleanly
 MIN_TIME_LEFT_MS = 3_000  # below this an invocation refuses to start a query
-MIN_ROOM_BYTES = 2_000
-SETUP_STATE_MAX_BYTES = 32_000  # a setup test's answer echoes a state up to this size  # a table is served only with at least this much room left for rows
+MIN_ROOM_BYTES = 2_000  # a table is served only with at least this much room left for rows
+SETUP_STATE_MAX_BYTES = 32_000  # a setup test's answer echoes a state up to this size
 STATE_VERSION = 3
 MAX_IDENTIFIER_BYTES = 127  # Redshift's limit
 MAX_SHOWN_CHARS = 60  # a bad setting's value is echoed at most this long, escaped
@@ -1500,6 +1500,9 @@ SESSION_SETTINGS = {
     "extra_float_digits": "2",
 }
 OPTIONAL_SESSION_SETTINGS = {"bytea_output": "hex", "intervalstyle": "postgres"}
+# Names a server may report for the value set: Redshift reports client_encoding UNICODE,
+# PostgreSQL's alias of UTF8.
+SETTING_ALIASES = {"unicode": "utf8"}
 SQLSTATE_UNDEFINED_OBJECT = "42704"  # e.g. an unrecognized configuration parameter
 
 
@@ -2868,7 +2871,8 @@ class Source:
         sql, params = session_sql(settings)
         values = self.query("starting the session", sql, params).rows[0]
         for (name, wanted), got in zip(settings.items(), values, strict=True):
-            if " ".join(str(got).split()).lower() != wanted.lower():
+            reported = " ".join(str(got).split()).lower()
+            if SETTING_ALIASES.get(reported, reported) != wanted.lower():
                 raise SourceError(
                     f"starting the session: the server reports {name}={shown(got)} after it "
                     f"was set to {shown(wanted)}; the function needs that setting to encode "

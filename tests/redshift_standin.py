@@ -297,7 +297,14 @@ class RedshiftStandIn:
         if "pg_get_late_binding_view_cols()" in sql:
             return self._late_binding(params)
         if "JOIN pg_catalog.pg_attribute a" in sql:
+            if "pg_catalog.lower(c.relname)" not in sql:  # every table of one schema
+                return self._catalog([None, params[0]])
             return self._catalog(params)
+        if "SELECT c.relname, con.conkey" in sql:  # the primary keys of one schema
+            keyed = [t for t in self.tables if t.primary_key and t.schema == params[0]]
+            return Result(
+                [("relname", NAME), ("conkey", INT2_ARRAY)], [[t.name, "{1}"] for t in keyed]
+            )
         if "con.conkey" in sql:
             return self._primary_key(params)
         if sql.startswith("SELECT c.relname\nFROM pg_catalog.pg_class c"):
@@ -316,12 +323,18 @@ class RedshiftStandIn:
         for name in names:
             if str(name).lower() in self.unsupported_settings:
                 raise StandInError("42704", f'unrecognized configuration parameter "{name}"')
+        # What Redshift's set_config answers for client_encoding is unverified; its parameter
+        # status says UNICODE, so the stand-in answers that too (the function takes it as UTF8).
+        answered = [
+            "UNICODE" if str(n).lower() == "client_encoding" else v
+            for n, v in zip(names, values, strict=True)
+        ]
         columns = [("set_config", TEXT)] * len(values)
-        return Result(columns, [list(values)])
+        return Result(columns, [answered])
 
     def _table(self, name: str | None, schema: str | None) -> Iterator[Table]:
         for table in self.tables:
-            if str(name).lower() == table.name.lower() and (
+            if (name is None or str(name).lower() == table.name.lower()) and (
                 schema is None or schema.lower() == table.schema.lower()
             ):
                 yield table

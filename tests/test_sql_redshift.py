@@ -79,6 +79,11 @@ def page_statements(plan: lf.TablePlan) -> list[tuple[str, dict[str, str | None]
         lf.build_group_sql(plan, values),
         lf.build_group_sql(plan, with_nulls),
         lf.build_page_sql(plan, 0),  # the setup test's
+        # Full refresh (issue 16): a range of the re-read, the key sample, the deletes check.
+        lf.build_page_sql(plan, 1001, after=values, until=with_nulls),
+        lf.build_page_sql(plan, 1001, until=values),
+        lf._key_sample_sql(plan, 1000),
+        lf.build_keys_sql(plan, [tuple(f"k{i}" for i in range(len(plan.primary_key)))] * 3),
     ]
     if order[0].type_oid in (lf.OID_DATE, lf.OID_TIMESTAMP, lf.OID_TIMESTAMPTZ):
         out.append(lf.build_page_sql(plan, 1001, start="2024-01-01", lookback_s=3600))
@@ -93,6 +98,8 @@ def fixed_statements() -> list[tuple[str, dict[str, str | None]]]:
         (lf.LATE_BINDING_SQL.format(schema_condition=lf.CATALOG_SCHEMA_ANY), {}),
         (lf.DOMAIN_SQL, {}),
         (lf.PRIMARY_KEY_SQL, {}),
+        (lf.CATALOG_OF_SCHEMA_SQL, {}),
+        (lf.PRIMARY_KEYS_OF_SCHEMA_SQL, {}),
         (lf.SCHEMA_TABLES_SQL, {}),
         (lf.SEARCH_PATH_SQL, {}),
         (lf.TIMEOUT_SQL, {}),
@@ -122,6 +129,8 @@ def test_every_sql_constant_is_covered():
         "LATE_BINDING_SQL",
         "DOMAIN_SQL",
         "PRIMARY_KEY_SQL",
+        "CATALOG_OF_SCHEMA_SQL",
+        "PRIMARY_KEYS_OF_SCHEMA_SQL",
         "SCHEMA_TABLES_SQL",
         "SEARCH_PATH_SQL",
         "TIMEOUT_SQL",
