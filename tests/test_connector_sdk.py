@@ -309,6 +309,11 @@ def test_full_and_incremental_sync(pg, orders, run_sdk, project):
         lambda_state = response["state"]
         if not response["hasMore"]:
             break
+    # (bytes_per_row is an estimate learnt where batches end, which a loaded machine's clock
+    # can move: everything else is the same)
+    for state in (stored, lambda_state):
+        for e in state["tables"].values():
+            e.pop("bytes_per_row")
     assert stored == lambda_state
 
     # Incremental: bump some rows, add rows that tie with the last cursor value and later ones.
