@@ -805,7 +805,7 @@ Key = tuple[JSONValue, ...]
 # Full-refresh key sets. A table's keys, in the order the database reads them, are kept in
 # parts: inline in the state while small, else in the S3 key store (the key_store setting).
 # Each part is one range of the next sync's re-read; a part is zlib over a compact text.
-INLINE_PART_KEYS = 2_000  # keys per inline part
+INLINE_PART_KEYS = 50_000  # keys per inline part (its settled bitmap: 6 KB at most)
 STORE_PART_KEYS = 100_000  # keys per key-store object at most
 TABLE_STATE_MAX_BYTES = 64_000  # a full table's entry in the state, at most
 CONNECTOR_STATE_MAX_BYTES = 1_000_000  # the whole state, at most
@@ -3778,7 +3778,7 @@ class Response:
         # Sync through S3: rows and deletes go to the object as they are read; the state,
         # schema and hasMore are returned. The byte budget is then the object's.
         self.stream = stream
-        self.table_start = 0  # object bytes written before the table being read
+        self.table_start = 0  # object bytes written before the batch being read
         destinations = [s.destination for s in specs]
         self.entries: dict[str, TableState] = {}
         self._entry_bytes: dict[str, int] = {}
@@ -4036,6 +4036,8 @@ def _read_into(
             f"{config.max_response_bytes}, too little room for rows; raise max_response_bytes"
         )
     response.open_table(destination)
+    if stream is not None:  # what this batch adds is counted by read_batch itself
+        response.table_start = stream.bytes_written
     batch = read_batch(
         source.fetch,
         plan,
