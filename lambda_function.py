@@ -92,6 +92,7 @@ MIN_ROOM_BYTES = 2_000  # a table is served only with at least this much room le
 STATE_VERSION = 2
 MAX_IDENTIFIER_BYTES = 127  # Redshift's limit
 MAX_SHOWN_CHARS = 60  # a bad setting's value is echoed at most this long, escaped
+MAX_NAME_SHOWN = 2 * MAX_IDENTIFIER_BYTES  # a table name in a message: whole (names are no secret)
 FIRST_USER_OID = 16_384  # PostgreSQL's FirstNormalObjectId: built-in types have smaller OIDs
 MAX_JSON_INT_DIGITS = 4_000  # below Python's int/str conversion limit (4,300 digits)
 APPLICATION_NAME = "redshift-lambda"
@@ -278,14 +279,13 @@ def parse_identifiers(text: str, separator: str, setting: str) -> tuple[str, ...
         i += 1
 
 
-def shown(value: Any) -> str:
+def shown(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
     """A user-given value as it may appear in a message or log line: quoted, with control and
-    other non-printable characters escaped (no forged log lines), cut to MAX_SHOWN_CHARS."""
+    other non-printable characters escaped (no forged log lines), cut to ``limit`` characters."""
     text = str(value)
-    cut = len(text) > MAX_SHOWN_CHARS
+    cut = len(text) > limit
     text = "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-        for c in text[:MAX_SHOWN_CHARS]
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit]
     )
     return "'" + text.replace("'", "\\'") + "'" + ("..." if cut else "")
 
@@ -713,15 +713,57 @@ def _patterns(secrets: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return patterns
 
 
+_NOT_NAME_CHARACTER = re.compile(r"[^A-Za-z0-9_]")
+_LEADING_UNDERSCORES = re.compile(r"_+([a-z][a-z0-9_]*)")
+
+
+def fivetran_table_name(name: str) -> str:
+    """The destination table name Fivetran's naming makes of a table name ``name``.
+
+    Fivetran's documented rules (Connector SDK troubleshooting, "Schema and upsert table names
+    produce different destination tables"; its local tester implements them the same way):
+    accents removed; every character but an ASCII letter, digit or ``_`` becomes ``_``;
+    camelCase is split into words, as is every change between digits and other characters;
+    runs of ``_`` become one; lower case; a leading digit gets a ``_`` before it; for tables,
+    leading ``_`` before a letter are dropped. So ``OrderLines``, ``order_lines``,
+    ``Order Lines`` and ``order-lines`` are all ``order_lines``; ``Café2`` is ``cafe_2``.
+    """
+    decomposed = unicodedata.normalize("NFD", name)
+    text = unicodedata.normalize(
+        "NFC", "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+    )
+    text = _NOT_NAME_CHARACTER.sub("_", text)
+    out: list[str] = []
+    previous = ""
+    for c in text:
+        if (previous.islower() and c.isupper()) or (previous.isdigit() != c.isdigit()):
+            out.append("_")  # a new word (before a leading digit too: the prefix rule)
+        out.append(c.lower())
+        previous = c
+    text = re.sub("_+", "_", "".join(out))
+    leading = _LEADING_UNDERSCORES.fullmatch(text)
+    return leading.group(1) if leading else text
+
+
 def _check_destinations(specs: Sequence[TableSpec]) -> None:
-    """Two tables may not write to one destination table (Fivetran folds case)."""
+    """Two tables may not write to one destination table: not the same name, nor two names
+    that Fivetran's naming turns into the same one (their rows would be merged)."""
     seen: dict[str, TableSpec] = {}
     for spec in specs:
-        other = seen.setdefault(spec.destination.lower(), spec)
+        named = fivetran_table_name(spec.destination)
+        other = seen.setdefault(named, spec)
         if other is not spec:
+            names = [shown(n, MAX_NAME_SHOWN) for n in (other.destination, spec.destination, named)]
+            same = (
+                f"destination table {names[2]}"
+                if other.destination == spec.destination
+                else f"destination tables {names[0]} and {names[1]}, which Fivetran's naming "
+                f"makes the same table {names[2]}"
+            )
             raise ConfigurationError(
-                f"tables {other.name} and {spec.name} both write to destination table "
-                f"{shown(spec.destination)}; give one of them another 'destination'"
+                f"tables {other.name} and {spec.name} both write to {same}; their rows would "
+                "end up in one table: give one of them another destination ('destination' in "
+                "'tables', 'destination_table' with 'table')"
             )
 
 

@@ -90,20 +90,24 @@ def sdk_env(home: Path) -> dict[str, str]:
     return env
 
 
-def debug_command(project: Path, configuration: dict[str, str]) -> list[str]:
+def debug_command(
+    project: Path, configuration: dict[str, str], naming: str = "SOURCE"
+) -> list[str]:
     (project / "configuration.json").write_text(json.dumps(configuration), encoding="utf-8")
     # SOURCE naming: table and column names as in the source (FIVETRAN naming, the default,
     # would turn t_..._5d290f into t_..._5_d_290_f), so the tests can find them.
-    return [str(FIVETRAN), "debug", "--configuration", "configuration.json", "--naming", "SOURCE"]
+    return [str(FIVETRAN), "debug", "--configuration", "configuration.json", "--naming", naming]
 
 
 @pytest.fixture
 def run_sdk(project: Path, sdk_home: Path):
     """Run `fivetran debug` in the project to the end; its output (stdout and stderr)."""
 
-    def run(configuration: dict[str, str], *, expect_ok: bool = True) -> str:
+    def run(
+        configuration: dict[str, str], *, expect_ok: bool = True, naming: str = "SOURCE"
+    ) -> str:
         done = subprocess.run(
-            debug_command(project, configuration),
+            debug_command(project, configuration, naming),
             cwd=project,
             env=sdk_env(sdk_home),
             capture_output=True,
@@ -427,6 +431,52 @@ def test_bad_setting_fails_the_sync_with_its_message(pg, table_name, run_sdk):
     output = run_sdk(sdk_configuration(pg, table_name, cursor="nope"), expect_ok=False)
     assert "SYNC SUCCEEDED" not in output
     assert "setting 'cursor': column nope is not in table" in output
+
+
+def test_tables_that_fivetrans_naming_merges_fail_before_any_row(pg, table_name, run_sdk, project):
+    """Issue 17 item 1: with Fivetran naming (the tester's default), "OrderLines" and
+    order_lines were both written to table order_lines: 10 source rows became a table of 5.
+    The sync now fails before any row, naming both sources and the shared destination name."""
+    camel, snake = f'"{table_name}OrderLines"', f"{table_name}_order_lines"
+    for name in (camel, snake):
+        pg.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, updated_at int NOT NULL)")
+        pg.execute(f"INSERT INTO {name} SELECT g, g FROM generate_series(1, 5) g")
+    configuration = {
+        k: v
+        for k, v in sdk_configuration(pg, "x").items()
+        if k not in ("table", "cursor", "primary_key")
+    }
+    configuration["tables"] = json.dumps(
+        [{"table": camel, "cursor": "updated_at"}, {"table": snake, "cursor": "updated_at"}]
+    )
+    output = run_sdk(configuration, expect_ok=False, naming="FIVETRAN")
+    assert "SYNC SUCCEEDED" not in output
+    shared = lf.fivetran_table_name(f"{table_name}OrderLines")
+    assert shared == lf.fivetran_table_name(f"{table_name}_order_lines")
+    assert (
+        f"tables {camel} and {snake} both write to destination tables '{table_name}OrderLines' "
+        f"and '{table_name}_order_lines', which Fivetran's naming makes the same table "
+        f"'{shared}'"
+    ) in output, output[-4000:]
+    warehouse = project / "files" / "warehouse.db"
+    if warehouse.exists():  # nothing was written: no table holds a row
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            tables = con.sql(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'tester'"
+            ).fetchall()
+            for (name,) in tables:
+                assert con.sql(f'SELECT count(*) FROM tester."{name}"').fetchall() == [(0,)]
+    # Renamed, the same two tables arrive whole, 5 rows each, under Fivetran naming.
+    configuration["tables"] = json.dumps(
+        [
+            {"table": camel, "cursor": "updated_at", "destination": "camel_lines"},
+            {"table": snake, "cursor": "updated_at"},
+        ]
+    )
+    run_sdk(configuration, naming="FIVETRAN")
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        for name in ("camel_lines", shared):
+            assert con.sql(f'SELECT count(*) FROM tester."{name}"').fetchall() == [(5,)]
 
 
 # ---------------------------------------------------------------------------------------------

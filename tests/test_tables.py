@@ -273,6 +273,43 @@ def test_the_setup_test_reports_every_problem_at_once(pg, schema):
     assert response["insert"] == {"events": [], "orders2": []} and response["hasMore"] is False
 
 
+def test_tables_that_fivetrans_naming_merges_are_refused_before_any_row(pg, schema):
+    """Issue 17 item 1: "OrderLines" and order_lines are one destination table under
+    Fivetran's naming; their rows were merged (10 source rows became a table of 5). Refused
+    in the setup test and in a sync, before any row is read, naming both sources and the
+    shared name: tables listed in 'tables', and tables found through 'schema'."""
+    for name in ('"OrderLines"', "order_lines"):
+        pg.execute(f"CREATE TABLE {schema}.{name} (id int PRIMARY KEY, v int)")
+        pg.execute(f"INSERT INTO {schema}.{name} SELECT g, g FROM generate_series(1, 5) g")
+    listed = tables_secrets(pg, [f'{schema}."OrderLines"', f"{schema}.order_lines"])
+    found = secrets_for(pg, "x", schema=schema)
+    for key in ("table", "cursor", "primary_key"):
+        found.pop(key)
+    pattern = (
+        rf'^tables {schema}\."OrderLines" and {schema}\.order_lines both write to destination '
+        r"tables 'OrderLines' and 'order_lines', which Fivetran's naming makes the same table "
+        r"'order_lines'"
+    )
+    for secrets in (listed, found):
+        for setup_test in (True, False):
+            request = {"state": {}, "secrets": secrets, "setup_test": setup_test}
+            with pytest.raises(lf.ConfigurationError, match=pattern):
+                lf.lambda_handler(request, None)
+    # One of them renamed: both are copied, each whole.
+    renamed = tables_secrets(
+        pg,
+        [
+            {"table": f'{schema}."OrderLines"', "destination": "camel_lines"},
+            f"{schema}.order_lines",
+        ],
+    )
+    result = sync(renamed)
+    assert {t: len(rows) for t, rows in result.by_table.items()} == {
+        "camel_lines": 5,
+        "order_lines": 5,
+    }
+
+
 def test_a_schema_with_include_and_exclude(pg, schema, wh):
     make_mixed(pg, schema)
     secrets = secrets_for(pg, "x", schema=schema, include="o*,countries,empty", exclude="*lines")
