@@ -2687,20 +2687,31 @@ def load_plan(source: Source, spec: TableSpec, config: Config) -> TablePlan:
     return plan
 
 
+def _column_list(names: Sequence[str]) -> str:
+    """Column names for a message, as a JSON list: one column "a, b" reads ["a, b"]."""
+    return shown(json.dumps(list(names), ensure_ascii=False), MAX_NAME_SHOWN)
+
+
 def check_state(previous: TableState | None, plan: TablePlan, mode: str) -> None:
     """Refuse a state written for another table, cursor, key or mode: its position means
     nothing here."""
     if previous is None or previous.source is None:
         return
+    if previous.source != plan.source:
+        raise _state_error(
+            f"it was written for table {shown(previous.source, MAX_NAME_SHOWN)} but the "
+            f"settings now give {shown(plan.source, MAX_NAME_SHOWN)}"
+        )
+    if previous.mode != mode:
+        raise _state_error(f"it was written for mode {previous.mode} but the settings give {mode}")
     for what, was, now in (
-        ("table", previous.source, plan.source),
-        ("mode", previous.mode, mode),
-        ("cursor", ", ".join(previous.cursor), ", ".join(plan.cursor)),
-        ("primary_key", ", ".join(previous.primary_key), ", ".join(plan.primary_key)),
+        ("cursor", previous.cursor, plan.cursor),
+        ("primary_key", previous.primary_key, plan.primary_key),
     ):
-        if was != now:
+        if tuple(was) != tuple(now):  # lists of names: the one column "a, b" is not a and b
             raise _state_error(
-                f"it was written for {what} '{was}' but the settings now give '{now}'"
+                f"it was written for {what} {_column_list(was)} but the settings now give "
+                f"{_column_list(now)}"
             )
     if previous.after is not None and len(previous.after) != len(plan.order):
         raise _state_error(f"'after' must hold {len(plan.order)} values")
