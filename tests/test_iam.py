@@ -12,6 +12,8 @@ The last test runs against real AWS when REDSHIFT_IAM_* variables are set (see i
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -167,10 +169,10 @@ def test_get_cluster_credentials_with_db_user_syncs_over_tls(
     monkeypatch.setenv(ENDPOINT, moto.url)
     result = sync(iam_secrets(pg_tls, iam_table, db_user="alice"), context=FakeContext())
     assert_full_sync(result)
-    # Fresh credentials for each invocation, as moto returned them: "IAM:" + db_user.
-    assert result.responses == len(provision) == 5
+    # One credentials call for the 5 invocations (kept in the process), as moto returned
+    # them: "IAM:" + db_user.
+    assert result.responses == 5 and len(provision) == 1
     assert {user for user, _ in provision} == {"IAM:alice"}
-    assert len({password for _, password in provision}) == 5
 
 
 def test_auto_create_with_db_groups(moto, cluster, pg_tls, iam_table, provision, monkeypatch):
@@ -190,12 +192,12 @@ def test_get_cluster_credentials_with_iam_maps_the_role(
     assert_full_sync(result)
     assert {user for user, _ in provision} == {f"IAMR:{ROLE}"}
     calls = [c for c in stub.calls if c.action == "GetClusterCredentialsWithIAM"]
-    assert len(calls) == result.responses
+    assert result.responses > 1 and len(calls) == 1  # kept for the next invocations
     for call in calls:
         assert call.access_key_id == KEY_ID
         assert call.params["ClusterIdentifier"] == CLUSTER and call.params["DbName"] == "test"
-        # 585 s left before the margin: the credentials outlive them, at the API's minimum.
-        assert call.params["DurationSeconds"] == "900"
+        # As long as the API allows, so that they serve many invocations.
+        assert call.params["DurationSeconds"] == "3600"
 
 
 def test_serverless_get_credentials_syncs_and_passes_the_setup_test(
@@ -211,17 +213,80 @@ def test_serverless_get_credentials_syncs_and_passes_the_setup_test(
     assert {user for user, _ in provision} == {f"IAMR:{ROLE}"}
     call = next(c for c in stub.calls if c.action == "GetCredentials")
     assert call.service == "redshift-serverless"
-    duration_s = call.params.pop("durationSeconds")
-    assert call.params == {"workgroupName": WORKGROUP, "dbName": "test"}
-    assert 940 <= duration_s <= 945  # 885 s left before the margin, plus 60 s
+    assert call.params == {"workgroupName": WORKGROUP, "dbName": "test", "durationSeconds": 3600}
 
 
-def test_credentials_duration_covers_the_invocation():
-    assert lf.credentials_duration_s(0) == 900
-    assert lf.credentials_duration_s(840.2) == 901
-    assert lf.credentials_duration_s(885) == 945
-    assert lf.credentials_duration_s(10_000) == 3600
-    assert lf.credentials_duration_s(-5) == 900
+def test_credentials_are_kept_per_settings_until_shortly_before_they_expire(
+    stub, cluster, workgroup, pg_tls, iam_table, provision, monkeypatch
+):
+    """Issue 17 item 7: GetClusterCredentials was called on every invocation (183 calls for a
+    1 GB table). Credentials are kept in the warm process, keyed by every setting that shapes
+    them, while they outlive the invocation by CREDENTIALS_MARGIN_S; never across settings."""
+    monkeypatch.setenv(ENDPOINT, stub.url)
+    settings = iam_secrets(pg_tls, iam_table, limit="3")
+
+    def calls() -> list[str]:
+        return [c.action for c in stub.calls]
+
+    first = sync(settings, context=FakeContext())
+    assert_full_sync(first)
+    assert first.responses == 10 and calls() == ["GetClusterCredentialsWithIAM"]
+    # A new sync of the same settings: the same credentials, no call.
+    assert_full_sync(sync(settings, context=FakeContext()))
+    assert len(calls()) == 1 and len(provision) == 1
+    # Other settings that shape the credentials each get their own, never the kept ones.
+    serverless = iam_secrets(pg_tls, iam_table, cluster_identifier=None, workgroup=workgroup)
+    for other in (
+        serverless,
+        iam_secrets(pg_tls, iam_table, cluster_identifier="other-cluster"),
+        iam_secrets(pg_tls, iam_table, region="eu-west-1"),
+        settings,  # only one is kept: back to the first settings, a new call
+    ):
+        with contextlib.suppress(lf.ConnectorError):  # other-cluster is not in the stub
+            lf.lambda_handler({"state": {}, "secrets": other}, FakeContext())
+    assert calls()[1:] == [
+        "GetCredentials",
+        "GetClusterCredentialsWithIAM",
+        "GetClusterCredentialsWithIAM",
+        "GetClusterCredentialsWithIAM",
+    ]
+    assert [c.params.get("ClusterIdentifier") for c in stub.calls[2:4]] == [
+        "other-cluster",
+        CLUSTER,
+    ]
+    # Another AWS identity of the function asks AWS itself (the stub does not know its key).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID + "X")
+    with pytest.raises(lf.CredentialsError, match=r"\(InvalidClientTokenId\)"):
+        lf.lambda_handler({"state": {}, "secrets": settings}, FakeContext())
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    lf.lambda_handler({"state": {}, "secrets": settings}, FakeContext())
+    assert len(calls()) == 6  # nothing was kept through the failed call
+    # Close to expiring: kept while they outlive the invocation by the margin, then renewed.
+    # 600 s of Lambda time leave 585 s to the deadline; 900 s leave 885 s.
+    left_s = 585 + lf.CREDENTIALS_MARGIN_S + 20
+    lf._iam_login[0] = dataclasses.replace(lf._iam_login[0], valid_until=time.monotonic() + left_s)
+    lf.lambda_handler({"state": {}, "secrets": settings}, FakeContext(600_000))
+    assert len(calls()) == 6
+    lf.lambda_handler({"state": {}, "secrets": settings}, FakeContext(900_000))
+    assert len(calls()) == 7
+    assert lf._iam_login[0].valid_until > time.monotonic() + 3000
+
+
+def test_a_failed_login_drops_the_kept_credentials(
+    stub, cluster, pg_tls, iam_table, provision, monkeypatch
+):
+    """Issue 17 item 7: credentials the database refuses are not used again: the next
+    invocation asks AWS for new ones."""
+    monkeypatch.setenv(ENDPOINT, stub.url)
+    settings = iam_secrets(pg_tls, iam_table)
+    lf.lambda_handler({"state": {}, "secrets": settings}, FakeContext())
+    user = provision[0][0]
+    pg_tls.execute(f"ALTER ROLE {pg8000.native.identifier(user)} PASSWORD 'changed-elsewhere'")
+    with pytest.raises(lf.SourceError, match="authentication failed"):
+        lf.lambda_handler({"state": {}, "secrets": settings}, FakeContext())
+    assert not lf._iam_login and len(stub.calls) == 1
+    lf.lambda_handler({"state": {}, "secrets": settings}, FakeContext())  # new ones: it works
+    assert len(stub.calls) == 2 and len(provision) == 2
 
 
 # -- errors: denied, missing, throttled, unreachable, refused ---------------------------------
@@ -353,8 +418,9 @@ def test_throttling_is_retried_then_reported(stub, workgroup, pg_tls, iam_table,
     settings = iam_secrets(pg_tls, iam_table, cluster_identifier=None, workgroup=workgroup)
     with pytest.raises(
         lf.CredentialsError,
-        match=r"^redshift-serverless:GetCredentials: AWS throttled the request "
-        r"\(ThrottlingException\), also when retried; the next invocation tries again$",
+        match=r"^redshift-serverless:GetCredentials for workgroup 'fivetran-wg' in region "
+        r"us-east-1: AWS throttled the request or was unavailable \(ThrottlingException\), "
+        r"also after 3 attempts; the next invocation tries again$",
     ):
         lf.lambda_handler({"state": {}, "secrets": settings}, FakeContext())
     assert [c.action for c in stub.calls] == ["GetCredentials"] * lf.AWS_API_ATTEMPTS
