@@ -84,9 +84,9 @@ def check_response(response: Any, max_bytes: int = lf.DEFAULT_MAX_RESPONSE_BYTES
     size = len(text.encode("utf-8"))
     assert size <= max_bytes, f"response of {size} bytes exceeds the budget {max_bytes}"
     if response["hasMore"]:
-        assert any(response["insert"].values()) or any(
-            response.get("delete", {}).values()
-        ), "hasMore with no rows"
+        assert any(response["insert"].values()) or any(response.get("delete", {}).values()), (
+            "hasMore with no rows"
+        )
     for rows in response["insert"].values():
         remember_row_values(rows)
     return size
@@ -100,6 +100,7 @@ class SyncResult:
     responses: int = 0
     sizes: list[int] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+    tables: list[set[str]] = field(default_factory=list)  # per response: tables with rows
 
 
 def sync(
@@ -118,6 +119,7 @@ def sync(
         response = lf.lambda_handler({"state": result.state, "secrets": secrets}, context)
         result.sizes.append(check_response(response, max_bytes))
         result.responses += 1
+        result.tables.append({t for t, rows in response["insert"].items() if rows})
         for table, rows in response["insert"].items():
             result.rows.extend(rows)
             result.by_table.setdefault(table, []).extend(rows)
