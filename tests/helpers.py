@@ -131,3 +131,19 @@ def sync(
         if not response["hasMore"]:
             return result
     raise AssertionError(f"no end after {max_calls} calls")
+
+
+def record_connects(monkeypatch: Any) -> list[tuple[str, int]]:
+    """The addresses the function opens connections to, in order (a spy on
+    socket.create_connection: every connection still happens for real)."""
+    import socket
+
+    opened: list[tuple[str, int]] = []
+    real = socket.create_connection
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append((str(address[0]), int(address[1])))
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    return opened
