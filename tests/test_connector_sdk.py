@@ -567,52 +567,24 @@ def test_formatter_converts_what_the_sdk_would_refuse():
     assert formatter.dropped == {("t", "tz"): 1, ("t", "n"): 1}
 
 
-class FakeOp:
-    """Records what connector.emit calls: only the mapping of a response to operations."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, dict[str, Any]]] = []
-
-    def upsert(self, table: str, data: dict[str, Any]) -> None:
-        self.calls.append(("upsert", table, data))
-
-    def delete(self, table: str, keys: dict[str, Any]) -> None:
-        self.calls.append(("delete", table, keys))
-
-
-def test_deletes_become_sdk_deletes(monkeypatch):
-    """TODO(lead): once the many-tables core emits "delete"/"softDelete", replace this fake
-    with a sync through the SDK that deletes source rows, and read _fivetran_deleted back."""
-    fake = FakeOp()
-    monkeypatch.setattr(connector, "op", fake)
-    formatter = connector.Formatter(_plan(("k", 17, "bytea"), ("c", 23, "integer")))
-    response = {
-        "state": {},
-        "insert": {"t": [{"k": "AQ==", "c": 1}]},
-        "delete": {"t": [{"k": "Ag=="}], "u": [{"id": 7}]},
-        "softDelete": ["u"],
-        "schema": {},
-        "hasMore": False,
-    }
-    assert connector.emit(response, formatter) == 1
-    assert fake.calls == [
-        ("upsert", "t", {"k": b"\x01", "c": 1}),
-        ("delete", "t", {"k": b"\x02"}),  # hard and soft deletes alike: the SDK's delete is soft
-        ("delete", "u", {"id": 7}),
-    ]
-
-
 def test_several_tables_and_full_refresh_deletes(pg, table_name, run_sdk, project):
     """Issue 11 with issue 9's core: one connector.py copies an incremental and a
     full-refresh table; rows gone from the full table appear as the SDK records deletes
-    (_fivetran_deleted = true), and a key inserted again comes back live."""
+    (_fivetran_deleted = true), and a key inserted again comes back live. (Issue 17 item 12:
+    this replaces a test of connector.emit with a fake `op`, marked TODO until this one
+    existed.)"""
     pg.execute(f"CREATE TABLE {table_name}_inc (id int PRIMARY KEY, updated_at int NOT NULL)")
     pg.execute(f"INSERT INTO {table_name}_inc SELECT g, g % 5 FROM generate_series(1, 300) g")
     pg.execute(f"CREATE TABLE {table_name}_full (code text PRIMARY KEY, n int)")
     pg.execute(f"INSERT INTO {table_name}_full SELECT 'c' || g, g FROM generate_series(1, 200) g")
+    # A bytea key: a delete's key goes through the same formatting as the rows (base64 to
+    # bytes), or the SDK's delete would miss the row.
+    pg.execute(f"CREATE TABLE {table_name}_bin (k bytea PRIMARY KEY, n int)")
+    pg.execute(f"INSERT INTO {table_name}_bin SELECT int4send(g), g FROM generate_series(1, 9) g")
     tables = [
         {"table": f"{table_name}_inc", "cursor": "updated_at", "destination": "inc"},
         f"{table_name}_full",
+        {"table": f"{table_name}_bin", "destination": "bin"},
     ]
     configuration = {
         k: v
@@ -622,6 +594,7 @@ def test_several_tables_and_full_refresh_deletes(pg, table_name, run_sdk, projec
     configuration["tables"] = json.dumps(tables)
     run_sdk(configuration)
     pg.execute(f"DELETE FROM {table_name}_full WHERE n % 3 = 0")
+    pg.execute(f"DELETE FROM {table_name}_bin WHERE n IN (2, 7)")
     pg.execute(f"INSERT INTO {table_name}_inc VALUES (1000, 9)")
     run_sdk(configuration)
     pg.execute(f"INSERT INTO {table_name}_full VALUES ('c3', -3)")  # deleted, then back
@@ -631,6 +604,8 @@ def test_several_tables_and_full_refresh_deletes(pg, table_name, run_sdk, projec
         full = dict(
             con.sql(f'SELECT code, _fivetran_deleted FROM tester."{table_name}_full"').fetchall()
         )
+        binary = con.sql('SELECT n, _fivetran_deleted FROM tester."bin" ORDER BY n').fetchall()
+    assert binary == [(n, n in (2, 7)) for n in range(1, 10)]
     assert inc == [(301,)]
     live = {r[0] for r in pg.execute(f"SELECT code FROM {table_name}_full")}
     assert {c for c, deleted in full.items() if not deleted} == live
