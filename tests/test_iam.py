@@ -219,7 +219,7 @@ def test_serverless_get_credentials_syncs_and_passes_the_setup_test(
 
 
 def test_credentials_are_kept_per_settings_until_shortly_before_they_expire(
-    stub, cluster, workgroup, pg_tls, iam_table, provision, monkeypatch
+    stub, cluster, workgroup, pg_tls, iam_table, provision, monkeypatch, caplog
 ):
     """Issue 17 item 7: GetClusterCredentials was called on every invocation (183 calls for a
     1 GB table). Credentials are kept in the warm process, keyed by every setting that shapes
@@ -233,6 +233,13 @@ def test_credentials_are_kept_per_settings_until_shortly_before_they_expire(
     first = sync(settings, context=FakeContext())
     assert_full_sync(first)
     assert first.responses == 10 and calls() == ["GetClusterCredentialsWithIAM"]
+    # Every log line is structured (issue 17 item 11: the credentials line bypassed log()).
+    records = [r for r in caplog.records if r.name == "redshift_lambda"]
+    events = [json.loads(r.getMessage())["event"] for r in records]
+    assert events.count("iam credentials") == 1 and events.count("iam credentials reused") == 9
+    given = next(json.loads(r.getMessage()) for r in records if "iam credentials" in r.getMessage())
+    assert given["api"] == "redshift:GetClusterCredentialsWithIAM"
+    assert given["db_user"] == f"IAMR:{ROLE}" and given["valid_s"] == 3600
     # A new sync of the same settings: the same credentials, no call.
     assert_full_sync(sync(settings, context=FakeContext()))
     assert len(calls()) == 1 and len(provision) == 1

@@ -321,3 +321,39 @@ def test_destinations_that_fivetrans_naming_merges_are_refused(tables, pattern):
     secrets = {"host": "127.0.0.1", "dbname": "d", "user": "u", "password": "p", "tables": tables}
     with pytest.raises(lf.ConfigurationError, match=pattern):
         lf.parse_config(secrets)
+
+
+@pytest.mark.parametrize(
+    ("value", "blank"),
+    [
+        (None, True),
+        ("", True),
+        ("  \t\n", True),
+        ("x", False),
+        (" x ", False),
+        (0, False),
+        (False, False),
+        ([], False),
+    ],
+)
+def test_one_rule_says_when_a_setting_is_not_given(value, blank):
+    """Issue 17 item 11: three helpers (_text_setting, _table_spec's text, _given) each had
+    their own copy of this rule; now _blank is the one, and every setting follows it."""
+    assert lf._blank(value) is blank
+    base = {"host": "h", "dbname": "d", "user": "u", "password": "p", "table": "t"}
+    if blank:  # a blank setting is an absent one, at the top level and in 'tables' alike
+        assert lf.parse_config({**base, "cursor": "c", "mode": value}).tables[0].mode == (
+            "incremental"
+        )
+        item = {"table": "t", "cursor": value}
+        tables = {k: v for k, v in base.items() if k != "table"}
+        spec = lf.parse_config({**tables, "tables": json.dumps([item])}).tables[0]
+        assert spec.mode == "full" and spec.cursor == ()
+        assert (
+            lf.parse_auth(
+                {"auth": "iam", "region": value, "cluster_identifier": "c"},
+                "h",
+                {"AWS_REGION": "eu-west-1"},
+            ).region
+            == "eu-west-1"
+        )
