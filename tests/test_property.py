@@ -14,8 +14,9 @@ primary key into a dict. At the end the dict must equal the table, value for val
 independently with pg8000's default adapters.
 
 Two shapes: small tables (at most 60 rows, limit 1..50: every invocation reads one page), and
-bulk tables of about 1,000 rows with limits of 100 and more, so that invocations read several
-pages. Then deterministic regressions for cases the shapes reach only rarely.
+bulk tables of 1,001 to 1,150 rows with limits past the 1,000 rows of a first page and room for
+them, so that invocations read several pages (asserted in every bulk example). Then
+deterministic regressions for cases the shapes reach only rarely.
 
 ``PROPERTY_EXAMPLES`` sets the number of small examples (default 200; the bulk property runs a
 tenth of that). Runs are derandomized (the same examples every run, for CI) unless
