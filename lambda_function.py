@@ -98,6 +98,7 @@ SETUP_STATE_MAX_BYTES = 32_000  # a setup test's answer echoes a state up to thi
 STATE_VERSION = 3
 MAX_IDENTIFIER_BYTES = 127  # Redshift's limit
 MAX_SHOWN_CHARS = 60  # a bad setting's value is echoed at most this long, escaped
+MAX_NAME_SHOWN = 2 * MAX_IDENTIFIER_BYTES  # a table name in a message: whole (names are no secret)
 FIRST_USER_OID = 16_384  # PostgreSQL's FirstNormalObjectId: built-in types have smaller OIDs
 MAX_JSON_INT_DIGITS = 4_000  # below Python's int/str conversion limit (4,300 digits)
 APPLICATION_NAME = "redshift-lambda"
@@ -298,14 +299,13 @@ def parse_identifiers(text: str, separator: str, setting: str) -> tuple[str, ...
         i += 1
 
 
-def shown(value: Any) -> str:
+def shown(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
     """A user-given value as it may appear in a message or log line: quoted, with control and
-    other non-printable characters escaped (no forged log lines), cut to MAX_SHOWN_CHARS."""
+    other non-printable characters escaped (no forged log lines), cut to ``limit`` characters."""
     text = str(value)
-    cut = len(text) > MAX_SHOWN_CHARS
+    cut = len(text) > limit
     text = "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-        for c in text[:MAX_SHOWN_CHARS]
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit]
     )
     return "'" + text.replace("'", "\\'") + "'" + ("..." if cut else "")
 
@@ -426,9 +426,15 @@ class Config:
     max_backfill_s: int = DEFAULT_MAX_BACKFILL_S
 
 
+def _blank(value: Any) -> bool:
+    """Whether a setting's value counts as not given: absent, null, or only blanks. The one
+    rule every setting (and every key of a 'tables' item) follows."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _text_setting(secrets: Mapping[str, Any], key: str, *, required: bool) -> str | None:
     value = secrets.get(key)
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if _blank(value):
         if required:
             raise ConfigurationError(f"setting '{key}' is missing; expected {SETTINGS[key]}")
         return None
@@ -442,7 +448,7 @@ def _text_setting(secrets: Mapping[str, Any], key: str, *, required: bool) -> st
 
 def _int_setting(secrets: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = secrets.get(key)
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if _blank(value):
         return default
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ConfigurationError(
@@ -461,7 +467,7 @@ def _int_setting(secrets: Mapping[str, Any], key: str, default: int, low: int, h
 
 def _seconds_setting(secrets: Mapping[str, Any], key: str, default: float | None) -> float | None:
     value = secrets.get(key)
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if _blank(value):
         return default
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigurationError(f"setting '{key}' must be a number of seconds like \"30\"")
@@ -484,7 +490,7 @@ _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_duration_s(value: Any, key: str) -> int:
     """Seconds in ``3600``, ``"3600"``, ``"90s"``, ``"15m"``, ``"2h"`` or ``"1d"``."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if _blank(value):
         return 0
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         seconds = value
@@ -554,7 +560,7 @@ def parse_config(secrets: Any) -> Config:
             secrets, "s3_max_bytes", DEFAULT_S3_MAX_BYTES, MIN_S3_MAX_BYTES, MAX_S3_MAX_BYTES
         ),
         limit=_int_setting(secrets, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        limit_given=str(secrets.get("limit") or "").strip() != "",
+        limit_given=not _blank(secrets.get("limit")),
         max_response_bytes=_int_setting(
             secrets,
             "max_response_bytes",
@@ -595,7 +601,7 @@ def _table_spec(item: Mapping[str, Any], where: str | None) -> TableSpec:
 
     def text(key: str) -> str | None:
         value = item.get(key)
-        if value is None or (isinstance(value, str) and not value.strip()):
+        if _blank(value):
             return None
         if not isinstance(value, str):
             raise ConfigurationError(f"{label(key)} must be a string")
@@ -740,15 +746,57 @@ def _patterns(secrets: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return patterns
 
 
+_NOT_NAME_CHARACTER = re.compile(r"[^A-Za-z0-9_]")
+_LEADING_UNDERSCORES = re.compile(r"_+([a-z][a-z0-9_]*)")
+
+
+def fivetran_table_name(name: str) -> str:
+    """The destination table name Fivetran's naming makes of a table name ``name``.
+
+    Fivetran's documented rules (Connector SDK troubleshooting, "Schema and upsert table names
+    produce different destination tables"; its local tester implements them the same way):
+    accents removed; every character but an ASCII letter, digit or ``_`` becomes ``_``;
+    camelCase is split into words, as is every change between digits and other characters;
+    runs of ``_`` become one; lower case; a leading digit gets a ``_`` before it; for tables,
+    leading ``_`` before a letter are dropped. So ``OrderLines``, ``order_lines``,
+    ``Order Lines`` and ``order-lines`` are all ``order_lines``; ``Café2`` is ``cafe_2``.
+    """
+    decomposed = unicodedata.normalize("NFD", name)
+    text = unicodedata.normalize(
+        "NFC", "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+    )
+    text = _NOT_NAME_CHARACTER.sub("_", text)
+    out: list[str] = []
+    previous = ""
+    for c in text:
+        if (previous.islower() and c.isupper()) or (previous.isdigit() != c.isdigit()):
+            out.append("_")  # a new word (before a leading digit too: the prefix rule)
+        out.append(c.lower())
+        previous = c
+    text = re.sub("_+", "_", "".join(out))
+    leading = _LEADING_UNDERSCORES.fullmatch(text)
+    return leading.group(1) if leading else text
+
+
 def _check_destinations(specs: Sequence[TableSpec]) -> None:
-    """Two tables may not write to one destination table (Fivetran folds case)."""
+    """Two tables may not write to one destination table: not the same name, nor two names
+    that Fivetran's naming turns into the same one (their rows would be merged)."""
     seen: dict[str, TableSpec] = {}
     for spec in specs:
-        other = seen.setdefault(spec.destination.lower(), spec)
+        named = fivetran_table_name(spec.destination)
+        other = seen.setdefault(named, spec)
         if other is not spec:
+            names = [shown(n, MAX_NAME_SHOWN) for n in (other.destination, spec.destination, named)]
+            same = (
+                f"destination table {names[2]}"
+                if other.destination == spec.destination
+                else f"destination tables {names[0]} and {names[1]}, which Fivetran's naming "
+                f"makes the same table {names[2]}"
+            )
             raise ConfigurationError(
-                f"tables {other.name} and {spec.name} both write to destination table "
-                f"{shown(spec.destination)}; give one of them another 'destination'"
+                f"tables {other.name} and {spec.name} both write to {same}; their rows would "
+                "end up in one table: give one of them another destination ('destination' in "
+                "'tables', 'destination_table' with 'table')"
             )
 
 
@@ -2021,6 +2069,9 @@ def _row_too_large(plan: TablePlan, config: Config) -> RowTooLargeError:
 AUTH_MODES = ("password", "iam")
 IAM_ONLY_SETTINGS = ("cluster_identifier", "workgroup", "db_user", "db_groups", "auto_create")
 MIN_CREDENTIALS_S, MAX_CREDENTIALS_S = 900, 3600  # DurationSeconds bounds of the AWS APIs
+# Asked for as long as the APIs allow, and kept in the warm process (never on disk) for the
+# next invocations with the same settings, while they outlive the invocation by the margin.
+CREDENTIALS_DURATION_S = MAX_CREDENTIALS_S
 CREDENTIALS_MARGIN_S = 60  # valid a little longer than the invocation can run
 AWS_API_TIMEOUT_S = 10.0
 AWS_API_ATTEMPTS = 3
@@ -2073,14 +2124,9 @@ class AuthConfig:
         return "redshift:GetClusterCredentialsWithIAM"
 
 
-def _given(secrets: Mapping[str, Any], key: str) -> bool:
-    value = secrets.get(key)
-    return value is not None and not (isinstance(value, str) and not value.strip())
-
-
 def _auto_create_setting(secrets: Mapping[str, Any]) -> bool:
     value = secrets.get("auto_create")
-    if not _given(secrets, "auto_create"):
+    if _blank(value):
         return False
     if isinstance(value, bool):
         return value
@@ -2101,19 +2147,19 @@ def parse_auth(
             "(temporary credentials for the function's IAM role)"
         )
     if mode == "password":
-        extra = [k for k in (*IAM_ONLY_SETTINGS, "region") if _given(secrets, k)]
+        extra = [k for k in (*IAM_ONLY_SETTINGS, "region") if not _blank(secrets.get(k))]
         if extra:
             raise ConfigurationError(
                 f"setting(s) {', '.join(extra)} apply only with auth=iam; set auth=iam or "
                 "remove them"
             )
         return None
-    if _given(secrets, "password"):
+    if not _blank(secrets.get("password")):
         raise ConfigurationError(
             "setting 'password' is not used with auth=iam (each invocation gets a temporary "
             "password from AWS); remove it"
         )
-    if _given(secrets, "user"):
+    if not _blank(secrets.get("user")):
         raise ConfigurationError(
             "setting 'user' is not used with auth=iam; set db_user to log in as that database "
             "user (GetClusterCredentials), or leave both out to log in as the function's IAM "
@@ -2185,7 +2231,7 @@ def parse_auth(
     groups_text = _text_setting(secrets, "db_groups", required=False)
     auto_create = _auto_create_setting(secrets)
     if workgroup is not None or db_user is None:
-        extra = [k for k in ("db_user", "db_groups", "auto_create") if _given(secrets, k)]
+        extra = [k for k in ("db_user", "db_groups", "auto_create") if not _blank(secrets.get(k))]
         if extra:
             reason = (
                 "Redshift Serverless maps the function's IAM role to the database user "
@@ -2220,13 +2266,9 @@ def parse_auth(
     return AuthConfig(region, cluster, workgroup, db_user, groups, auto_create)
 
 
-def credentials_duration_s(time_left_s: float) -> int:
-    """DurationSeconds that covers the rest of the invocation, within the APIs' bounds."""
-    wanted = math.ceil(max(0.0, time_left_s)) + CREDENTIALS_MARGIN_S
-    return max(MIN_CREDENTIALS_S, min(MAX_CREDENTIALS_S, wanted))
-
-
-def _partition(region: str) -> str:
+def _partition(region: str | None) -> str:
+    """The ARN partition of a region (aws when it is not known)."""
+    region = region or ""
     if region.startswith("cn-"):
         return "aws-cn"
     return "aws-us-gov" if region.startswith("us-gov-") else "aws"
@@ -2263,50 +2305,104 @@ def _scrub(text: str) -> str:
     return text if len(text) <= 400 else text[:400] + "..."
 
 
-_ACCESS_DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}
-_NOT_FOUND_CODES = {"ClusterNotFound", "ClusterNotFoundFault", "ResourceNotFoundException"}
-_THROTTLED_CODES = {
-    "Throttling",
-    "ThrottlingException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-}
-_CALLER_CODES = {
-    "InvalidClientTokenId",
-    "UnrecognizedClientException",
-    "SignatureDoesNotMatch",
-    "InvalidSignatureException",
-    "IncompleteSignature",
-    "MissingAuthenticationToken",
-    "ExpiredToken",
-    "ExpiredTokenException",
+# What the error codes of AWS answers mean, for the credentials calls and S3 alike: the one
+# table both translations (aws_error, s3_error) read.
+AWS_ERROR_KINDS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "AccessDenied",
+            "AccessDeniedException",
+            "UnauthorizedOperation",
+            "AllAccessDisabled",
+            "AccountProblem",
+        ),
+        "denied",
+    ),
+    **dict.fromkeys(
+        ("ClusterNotFound", "ClusterNotFoundFault", "ResourceNotFoundException", "NoSuchBucket"),
+        "not found",
+    ),
+    "NoSuchUpload": "upload gone",
+    "InvalidBucketName": "invalid bucket",
+    **dict.fromkeys(
+        (
+            "Throttling",
+            "ThrottlingException",
+            "TooManyRequestsException",
+            "RequestLimitExceeded",
+            "SlowDown",
+            "ServiceUnavailable",
+            "InternalError",
+            "RequestTimeout",
+            "503",
+            "500",
+        ),
+        "throttled",
+    ),
+    **dict.fromkeys(
+        (
+            "InvalidClientTokenId",
+            "UnrecognizedClientException",
+            "SignatureDoesNotMatch",
+            "InvalidSignatureException",
+            "IncompleteSignature",
+            "MissingAuthenticationToken",
+            "ExpiredToken",
+            "ExpiredTokenException",
+            "InvalidAccessKeyId",
+            "InvalidToken",
+            "TokenRefreshRequired",
+        ),
+        "caller",
+    ),
 }
 
 
-def aws_error(code: str, message: str, auth: AuthConfig, database: str) -> CredentialsError:
+def aws_error_kind(code: str, status: int | None = None) -> str | None:
+    """What an AWS error answer means (AWS_ERROR_KINDS; ``kms`` for an SSE-KMS key's refusal),
+    from its code, else its HTTP status; None when neither says."""
+    if code.startswith("KMS."):
+        return "kms"
+    kind = AWS_ERROR_KINDS.get(code)
+    if kind is None and code == "unknown" and status == 403:
+        return "denied"
+    if kind is None and status in (500, 503):
+        return "throttled"
+    return kind
+
+
+def _auth_target(auth: AuthConfig) -> tuple[str, str | None]:
+    """The setting naming what the credentials are for, and its value."""
+    if auth.workgroup is not None:
+        return "workgroup", auth.workgroup
+    return "cluster_identifier", auth.cluster_identifier
+
+
+def aws_error(
+    code: str, message: str, auth: AuthConfig, database: str, status: int | None = None
+) -> CredentialsError:
     """Translate an AWS error answer into a message a user can act on, without secrets."""
     call = auth.api_call
-    if code in _ACCESS_DENIED_CODES:
+    kind = aws_error_kind(code, status)
+    setting, name = _auth_target(auth)
+    target = f"{setting.replace('_identifier', '')} '{name}'"
+    if kind == "denied":
         return CredentialsError(
             f"{call} was denied ({code}: {_scrub(message)}); grant the function's execution "
             f"role {iam_grant_hint(auth, database)}"
         )
-    if code in _NOT_FOUND_CODES:
-        setting, name = (
-            ("workgroup", auth.workgroup)
-            if auth.workgroup is not None
-            else ("cluster_identifier", auth.cluster_identifier)
-        )
+    if kind == "not found":
         return CredentialsError(
-            f"{call}: {setting.replace('_identifier', '')} '{name}' was not found in region "
-            f"{auth.region} ({code}); check the settings '{setting}' and 'region'"
+            f"{call}: {target} was not found in region {auth.region} ({code}); check the "
+            f"settings '{setting}' and 'region'"
         )
-    if code in _THROTTLED_CODES:
+    if kind == "throttled":
         return CredentialsError(
-            f"{call}: AWS throttled the request ({code}), also when retried; the next "
+            f"{call} for {target} in region {auth.region}: AWS throttled the request or was "
+            f"unavailable ({code}), also after {AWS_API_ATTEMPTS} attempts; the next "
             "invocation tries again"
         )
-    if code in _CALLER_CODES:
+    if kind == "caller":
         return CredentialsError(
             f"{call}: AWS did not accept the function's own AWS credentials ({code}); in "
             "Lambda they come from its execution role, locally from the AWS profile or "
@@ -2328,7 +2424,7 @@ def fetch_iam_credentials(auth: AuthConfig, database: str, time_left_s: float) -
         ) from None
     call = auth.api_call
     service = call.split(":")[0]
-    duration_s = credentials_duration_s(time_left_s)
+    duration_s = CREDENTIALS_DURATION_S
     timeout_s = max(1.0, min(AWS_API_TIMEOUT_S, time_left_s / (2 * AWS_API_ATTEMPTS)))
     client_config = botocore.config.Config(
         connect_timeout=timeout_s,
@@ -2371,7 +2467,8 @@ def fetch_iam_credentials(auth: AuthConfig, database: str, time_left_s: float) -
     except errors.ClientError as e:
         error = e.response.get("Error") or {}
         code, message = str(error.get("Code") or "unknown"), str(error.get("Message") or "")
-        raise aws_error(code, message, auth, database) from None
+        status = (e.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        raise aws_error(code, message, auth, database, status) from None
     except (errors.ConnectionError, errors.HTTPClientError) as e:
         raise CredentialsError(
             f"{call}: cannot reach the {service} API in {auth.region} ({type(e).__name__}); "
@@ -2391,20 +2488,60 @@ def fetch_iam_credentials(auth: AuthConfig, database: str, time_left_s: float) -
         raise CredentialsError(f"{call} failed in the AWS SDK ({type(e).__name__})") from None
     if not (isinstance(user, str) and user and isinstance(password, str) and password):
         raise CredentialsError(f"{call}: AWS answered without a database user and password")
-    logger.info(
-        "auth=iam: %s gave temporary credentials for database user %s (valid %d s)",
-        call,
-        user,
-        duration_s,
-    )
+    log(logging.INFO, "iam credentials", api=call, db_user=user, valid_s=duration_s)
     return user, password
+
+
+@dataclass(frozen=True)
+class _CachedLogin:
+    key: tuple[Any, ...]  # everything that shapes the credentials (see _login_key)
+    user: str
+    password: str = field(repr=False)
+    valid_until: float  # time.monotonic() at which AWS lets them expire (or a little before)
+
+
+# The temporary credentials of the last auth=iam login, for the next invocations of this warm
+# process: one entry at most, in memory only (never on disk), dropped when a login fails.
+_iam_login: list[_CachedLogin] = []
+
+
+def _login_key(auth: AuthConfig, database: str) -> tuple[Any, ...]:
+    """Everything the credentials depend on: the call and its parameters (AuthConfig), the
+    database, where the call goes, and whose AWS identity asks (never the secret key)."""
+    environ = os.environ
+    identity = tuple(environ.get(v) for v in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE"))
+    return (auth, database, environ.get(AWS_ENDPOINT_URL_ENV) or None, identity)
+
+
+def iam_credentials(auth: AuthConfig, database: str, time_left_s: float) -> tuple[str, str]:
+    """Temporary credentials for ``auth``: those of an earlier invocation of this process with
+    the same settings while they stay valid for this invocation plus CREDENTIALS_MARGIN_S,
+    else new ones from AWS (fetch_iam_credentials), kept for the next invocations."""
+    key = _login_key(auth, database)
+    needed_s = max(0.0, time_left_s) + CREDENTIALS_MARGIN_S
+    cached = _iam_login[0] if _iam_login else None
+    if cached is not None and cached.key == key:
+        left_s = cached.valid_until - time.monotonic()
+        if left_s >= needed_s:
+            log(logging.DEBUG, "iam credentials reused", api=auth.api_call, valid_s=int(left_s))
+            return cached.user, cached.password
+    _iam_login.clear()  # another configuration's, or too close to expiring
+    asked = time.monotonic()  # the credentials expire CREDENTIALS_DURATION_S after AWS made them
+    user, password = fetch_iam_credentials(auth, database, time_left_s)
+    _iam_login.append(_CachedLogin(key, user, password, asked + CREDENTIALS_DURATION_S))
+    return user, password
+
+
+def forget_iam_credentials() -> None:
+    """Drop the kept credentials (a login with them failed; tests start clean)."""
+    _iam_login.clear()
 
 
 def login_credentials(config: Config, deadline: float) -> tuple[str, str]:
     """The user name and password to log in with: the settings', or temporary ones from AWS."""
     if config.auth is None:
         return config.user, config.password
-    return fetch_iam_credentials(config.auth, config.database, deadline - time.monotonic())
+    return iam_credentials(config.auth, config.database, deadline - time.monotonic())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2798,6 +2935,7 @@ class Source:
         except (pg8000.native.Error, OSError, ssl.SSLError) as e:
             if sock is not None:
                 sock.close()
+            forget_iam_credentials()  # auth=iam: the next invocation asks AWS again
             raise _source_error(e, config, "connecting") from None
         try:
             self._start_session()
@@ -3108,20 +3246,31 @@ def load_plan(source: Source, spec: TableSpec, config: Config) -> TablePlan:
     return plan
 
 
+def _column_list(names: Sequence[str]) -> str:
+    """Column names for a message, as a JSON list: one column "a, b" reads ["a, b"]."""
+    return shown(json.dumps(list(names), ensure_ascii=False), MAX_NAME_SHOWN)
+
+
 def check_state(previous: TableState | None, plan: TablePlan, mode: str) -> None:
     """Refuse a state written for another table, cursor, key or mode: its position means
     nothing here."""
     if previous is None or previous.source is None:
         return
+    if previous.source != plan.source:
+        raise _state_error(
+            f"it was written for table {shown(previous.source, MAX_NAME_SHOWN)} but the "
+            f"settings now give {shown(plan.source, MAX_NAME_SHOWN)}"
+        )
+    if previous.mode != mode:
+        raise _state_error(f"it was written for mode {previous.mode} but the settings give {mode}")
     for what, was, now in (
-        ("table", previous.source, plan.source),
-        ("mode", previous.mode, mode),
-        ("cursor", ", ".join(previous.cursor), ", ".join(plan.cursor)),
-        ("primary_key", ", ".join(previous.primary_key), ", ".join(plan.primary_key)),
+        ("cursor", previous.cursor, plan.cursor),
+        ("primary_key", previous.primary_key, plan.primary_key),
     ):
-        if was != now:
+        if tuple(was) != tuple(now):  # lists of names: the one column "a, b" is not a and b
             raise _state_error(
-                f"it was written for {what} '{was}' but the settings now give '{now}'"
+                f"it was written for {what} {_column_list(was)} but the settings now give "
+                f"{_column_list(now)}"
             )
     if previous.after is not None and len(previous.after) != len(plan.order):
         raise _state_error(f"'after' must hold {len(plan.order)} values")
@@ -3149,41 +3298,41 @@ S3_CONTENT_TYPE = "application/json"
 # redirect the rows.
 S3_ENDPOINT_URL_ENV = "REDSHIFT_LAMBDA_S3_ENDPOINT_URL"
 
-_S3_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem"}
-_S3_THROTTLED_CODES = {
-    "SlowDown",
-    "ServiceUnavailable",
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "InternalError",
-    "RequestTimeout",
-    "503",
-    "500",
-}
-_S3_CALLER_CODES = {
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "TokenRefreshRequired",
-}
-
 
 class S3Error(ConnectorError):
     """S3 did not take the batch's object (permission, bucket, network, throttling)."""
 
 
-def _s3_partition(region: str | None) -> str:
-    region = region or ""
-    if region.startswith("cn-"):
-        return "aws-cn"
-    return "aws-us-gov" if region.startswith("us-gov-") else "aws"
+MAX_S3_KEY_BYTES = 1024  # S3's limit on an object key, in UTF-8 bytes
+S3_BUCKET_EXPECTED = (
+    "an S3 bucket name as the Fivetran connector's S3 sync method names it: 3 to 63 lower-case "
+    "letters, digits, '.' and '-', starting and ending with a letter or digit, like "
+    "fivetran-sync-bucket"
+)
+# What S3 (and boto3, before sending) take as a bucket name: today's rules, and the wider ones
+# of buckets made in us-east-1 before March 2018 (capitals, '_', up to 255 characters).
+_S3_BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")
+
+
+def s3_bucket_problem(bucket: str) -> str | None:
+    """What is wrong with ``bucket`` as an S3 bucket name, or None."""
+    if "://" in bucket or bucket.lower().startswith("s3:"):
+        return "looks like a URL (s3://...); give the bucket's name alone"
+    if "/" in bucket:
+        return "contains '/' (a bucket name has no path; the object key is 'file')"
+    if bucket.startswith("arn:"):
+        return "is an ARN; give the bucket's name"
+    if len(bucket) < 3 or len(bucket) > 255:
+        return f"is {len(bucket)} characters long"
+    if not _S3_BUCKET.fullmatch(bucket):
+        bad = next(c for c in bucket if not _S3_BUCKET.fullmatch(c))
+        return f"contains {shown(bad)}, which a bucket name cannot hold"
+    return None
 
 
 def s3_grant_hint(bucket: str, region: str | None = None) -> str:
     """The least-privilege grant the S3 sync method needs on ``bucket``."""
-    arn = f"arn:{_s3_partition(region)}:s3:::{bucket}/*"
+    arn = f"arn:{_partition(region)}:s3:::{bucket}/*"
     return (
         f"s3:PutObject on {arn} (a multipart upload needs that same action), plus "
         f"s3:AbortMultipartUpload on {arn} to clean up after a failure"
@@ -3208,36 +3357,41 @@ def s3_error(
         code = str(error.get("Code") or "unknown")
         status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
         answer = f"{code}, HTTP {status}" if status else code
-        if code in _S3_DENIED_CODES or (code == "unknown" and status == 403):
+        kind = aws_error_kind(code, status)
+        if kind == "denied":
             grant = grant or s3_grant_hint(bucket, region)
             if action == "AbortMultipartUpload":
-                grant = f"s3:AbortMultipartUpload on arn:{_s3_partition(region)}:s3:::{bucket}/*"
+                grant = f"s3:AbortMultipartUpload on arn:{_partition(region)}:s3:::{bucket}/*"
             return S3Error(
                 f"{where} was denied ({answer}); grant the function's execution role {grant}. "
                 "A bucket policy or an SSE-KMS key may also refuse it (then also "
                 "kms:GenerateDataKey on the bucket's key)"
             )
-        if code.startswith("KMS."):
+        if kind == "kms":
             return S3Error(
                 f"{where} was refused by the bucket's SSE-KMS key ({answer}); grant the "
                 "function's execution role kms:GenerateDataKey and kms:Decrypt on that key"
             )
-        if code == "NoSuchBucket":
+        if kind == "not found":
             return S3Error(
                 f"{where}: the bucket does not exist ({answer}); check the bucket of the "
                 "Fivetran connector's S3 sync method"
             )
-        if code == "NoSuchUpload":
+        if kind == "invalid bucket":
+            return S3Error(
+                f"{where}: S3 refused the bucket name ({answer}); expected {S3_BUCKET_EXPECTED}"
+            )
+        if kind == "upload gone":
             return S3Error(
                 f"{where}: the multipart upload no longer exists ({answer}); it was aborted or "
                 "expired (a lifecycle rule); the next invocation starts the object again"
             )
-        if code in _S3_THROTTLED_CODES or status in (500, 503):
+        if kind == "throttled":
             return S3Error(
                 f"{where}: S3 throttled the request or was unavailable ({answer}), also after "
                 f"{S3_API_ATTEMPTS} attempts; the next invocation tries again"
             )
-        if code in _S3_CALLER_CODES:
+        if kind == "caller":
             return S3Error(
                 f"{where}: S3 did not accept the function's own AWS credentials ({code}); in "
                 "Lambda they come from its execution role, locally from the AWS profile or "
@@ -3260,6 +3414,12 @@ def s3_error(
         return S3Error(
             f"{where}: no AWS credentials found ({type(exc).__name__}); in Lambda they come "
             "from the execution role, locally from the AWS profile or AWS_ACCESS_KEY_ID"
+        )
+    if isinstance(exc, errors.ParamValidationError):  # boto3 refused it before sending
+        return S3Error(
+            f"{where}: the AWS SDK refused the bucket or key before sending it "
+            f"(ParamValidationError); expected {S3_BUCKET_EXPECTED}, and a key of 1 to "
+            f"{MAX_S3_KEY_BYTES} bytes"
         )
     return S3Error(f"{where} failed in the AWS SDK ({type(exc).__name__})")
 
@@ -3596,7 +3756,6 @@ class KeyStoreConfig:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
-_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]{0,512}")
 
 
@@ -3609,11 +3768,10 @@ def parse_key_store(text: str | None) -> KeyStoreConfig | None:
         raise ConfigurationError(f"setting 'key_store' must start with s3://; {expected}")
     bucket, _, prefix = text[len("s3://") :].partition("/")
     prefix = prefix.strip("/")
-    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+    problem = s3_bucket_problem(bucket)
+    if problem is not None:
         raise ConfigurationError(
-            f"setting 'key_store': {shown(bucket)} is not an S3 bucket name (3 to 63 lower-case "
-            f"letters, digits, dots and hyphens, starting and ending with a letter or digit); "
-            f"{expected}"
+            f"setting 'key_store': the bucket {shown(bucket)} {problem}; {expected}"
         )
     if prefix and (
         not _KEY_PREFIX.fullmatch(prefix) or any(p in ("", ".", "..") for p in prefix.split("/"))
@@ -3746,7 +3904,7 @@ class KeyStore:
 
 def key_store_grant(config: KeyStoreConfig) -> str:
     """The least-privilege grant the key store needs."""
-    arn = f"arn:aws:s3:::{config.bucket}"
+    arn = f"arn:{_partition(None)}:s3:::{config.bucket}"
     objects = f"{arn}/{config.prefix + '/' if config.prefix else ''}*"
     return (
         f"s3:GetObject, s3:PutObject and s3:DeleteObject on {objects}, and s3:ListBucket on "
@@ -4645,7 +4803,8 @@ def _serve(
 
 
 def s3_target(request: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(bucket, key) when Fivetran syncs through S3 (the request carries both), else None."""
+    """(bucket, key) when Fivetran syncs through S3 (the request carries both), else None.
+    Both are checked here, before connecting, as S3 (and boto3) would check them."""
     bucket, key = request.get("bucket"), request.get("file")
     if bucket is None and key is None:
         return None
@@ -4653,6 +4812,24 @@ def s3_target(request: Mapping[str, Any]) -> tuple[str, str] | None:
         raise ConfigurationError(
             "the request's 'bucket' and 'file' must both be non-empty strings (the S3 bucket "
             "and object key Fivetran's sync through S3 names), or both absent"
+        )
+    problem = s3_bucket_problem(bucket)
+    if problem is not None:
+        raise ConfigurationError(
+            f"the request's 'bucket' {shown(bucket, MAX_NAME_SHOWN)} {problem}; expected "
+            f"{S3_BUCKET_EXPECTED}"
+        )
+    try:
+        key_bytes = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            "the request's 'file' is not valid Unicode text (a lone surrogate); expected an S3 "
+            "object key"
+        ) from None
+    if key_bytes > MAX_S3_KEY_BYTES:
+        raise ConfigurationError(
+            f"the request's 'file' is {key_bytes} bytes long; an S3 object key holds at most "
+            f"{MAX_S3_KEY_BYTES} bytes (UTF-8)"
         )
     return bucket, key
 

@@ -74,6 +74,17 @@ def table_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(autouse=True)
+def no_kept_iam_credentials() -> Iterator[None]:
+    """Each test starts without the temporary IAM credentials an earlier one left in this
+    process (the function keeps them for the next invocations, as a warm Lambda does)."""
+    import lambda_function
+
+    lambda_function.forget_iam_credentials()
+    yield
+    lambda_function.forget_iam_credentials()
+
+
+@pytest.fixture(autouse=True)
 def no_secret_or_row_value_in_logs(
     request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> Iterator[None]:

@@ -107,6 +107,7 @@ class SyncResult:
     responses: int = 0
     sizes: list[int] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+    tables: list[set[str]] = field(default_factory=list)  # per response: tables with rows
 
 
 def sync(
@@ -126,6 +127,7 @@ def sync(
         response = lf.lambda_handler({"state": result.state, "secrets": secrets}, context)
         result.sizes.append(check_response(response, max_bytes))
         result.responses += 1
+        result.tables.append({t for t, rows in response["insert"].items() if rows})
         for table, rows in response["insert"].items():
             result.rows.extend(rows)
             result.by_table.setdefault(table, []).extend(rows)
@@ -139,3 +141,19 @@ def sync(
         if not response["hasMore"]:
             return result
     raise AssertionError(f"no end after {max_calls} calls")
+
+
+def record_connects(monkeypatch: Any) -> list[tuple[str, int]]:
+    """The addresses the function opens connections to, in order (a spy on
+    socket.create_connection: every connection still happens for real)."""
+    import socket
+
+    opened: list[tuple[str, int]] = []
+    real = socket.create_connection
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append((str(address[0]), int(address[1])))
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    return opened

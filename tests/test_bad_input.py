@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from helpers import FakeContext, secrets_for
+from helpers import FakeContext, secrets_for, sync
 
 import lambda_function as lf
 
@@ -290,12 +290,13 @@ CASES = [
       r"table", "tables-list"),
     p(entry(source="public.orders"), St, r"it was written for table 'public\.orders' but the "
       r"settings now give 'public\.t_bad_input_\w+'", "state-of-another-table"),
-    p(entry(cursor=["n"]), St, r"it was written for cursor 'n' but the settings now give "
-      r"'updated_at'", "state-of-another-cursor"),
-    p(entry(primary_key=["n"]), St, r"it was written for primary_key 'n' but the settings now "
-      r"give 'id'", "state-of-another-key"),
+    p(entry(cursor=["n"]), St, r"it was written for cursor '\[\"n\"\]' but the settings now "
+      r"give '\[\"updated_at\"\]'", "state-of-another-cursor"),
+    p(entry(primary_key=["n"]), St, r"it was written for primary_key '\[\"n\"\]' but the "
+      r"settings now give '\[\"id\"\]'", "state-of-another-key"),
     p(lambda e: {"state": e.state, "secrets": e.secrets(cursor="updated_at, n")}, St,
-      r"written for cursor 'updated_at' but the settings now give 'updated_at, n'",
+      r"written for cursor '\[\"updated_at\"\]' but the settings now give "
+      r"'\[\"updated_at\", \"n\"\]'",
       "state-of-another-cursor-setting"),
     p(lambda e: e.request(state={"version": 1, "tables": {e.table: []}}), St,
       r"the entry for 't_bad_input_\w+' must be an object", "entry-list"),
@@ -380,3 +381,38 @@ def test_bad_input_is_refused_clearly(env, build, error, pattern):
     assert not leaked, f"the message shows {leaked!r}"
     assert request == before, "the request (its state) was modified"
     assert env.rows_left() == 3  # nothing harmed
+
+
+def test_a_state_for_the_column_a_comma_b_is_not_taken_for_columns_a_and_b(pg, table_name):
+    """Issue 17 item 6 (asked in the first hardening round): check_state compared cursor and
+    key lists as ", "-joined text, so a state written for the one column "a, b" was taken for
+    the two columns a, b and resumed at a position of the wrong shape. Lists are compared."""
+    pg.execute(f'CREATE TABLE {table_name} (id int PRIMARY KEY, "a, b" int, a int, b int)')
+    pg.execute(f"INSERT INTO {table_name} SELECT g, g, g / 2, g % 2 FROM generate_series(1, 9) g")
+    one = secrets_for(pg, table_name, cursor='"a, b"', limit="4")
+    first = lf.lambda_handler({"state": {}, "secrets": one}, FakeContext())
+    assert first["hasMore"] and first["state"]["tables"][table_name]["cursor"] == ["a, b"]
+    two = secrets_for(pg, table_name, cursor="a, b", limit="4")
+    request = {"state": first["state"], "secrets": two}
+    before = copy.deepcopy(request)
+    with pytest.raises(lf.StateError) as err:
+        lf.lambda_handler(request, FakeContext())
+    assert str(err.value).startswith(
+        "the request's state is not usable: it was written for cursor '[\"a, b\"]' but the "
+        'settings now give \'["a", "b"]\'. Expected the state this function returned earlier'
+    ), str(err.value)
+    assert request == before
+    # The key list the same way. A finished full-refresh state has no position whose length
+    # could give it away: its keys of the one column "a, b" read as keys (a, b) would have
+    # made every row a delete.
+    by_key = secrets_for(pg, table_name, cursor=None, mode="full", primary_key='"a, b"')
+    state = sync(by_key).state
+    assert state["tables"][table_name]["after"] is None
+    with pytest.raises(
+        lf.StateError,
+        match=r"written for primary_key '\[\"a, b\"\]' but the "
+        r"settings now give '\[\"a\", \"b\"\]'",
+    ):
+        lf.lambda_handler(
+            {"state": state, "secrets": {**by_key, "primary_key": "a, b"}}, FakeContext()
+        )

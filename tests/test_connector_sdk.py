@@ -90,20 +90,24 @@ def sdk_env(home: Path) -> dict[str, str]:
     return env
 
 
-def debug_command(project: Path, configuration: dict[str, str]) -> list[str]:
+def debug_command(
+    project: Path, configuration: dict[str, str], naming: str = "SOURCE"
+) -> list[str]:
     (project / "configuration.json").write_text(json.dumps(configuration), encoding="utf-8")
     # SOURCE naming: table and column names as in the source (FIVETRAN naming, the default,
     # would turn t_..._5d290f into t_..._5_d_290_f), so the tests can find them.
-    return [str(FIVETRAN), "debug", "--configuration", "configuration.json", "--naming", "SOURCE"]
+    return [str(FIVETRAN), "debug", "--configuration", "configuration.json", "--naming", naming]
 
 
 @pytest.fixture
 def run_sdk(project: Path, sdk_home: Path):
     """Run `fivetran debug` in the project to the end; its output (stdout and stderr)."""
 
-    def run(configuration: dict[str, str], *, expect_ok: bool = True) -> str:
+    def run(
+        configuration: dict[str, str], *, expect_ok: bool = True, naming: str = "SOURCE"
+    ) -> str:
         done = subprocess.run(
-            debug_command(project, configuration),
+            debug_command(project, configuration, naming),
             cwd=project,
             env=sdk_env(sdk_home),
             capture_output=True,
@@ -434,6 +438,52 @@ def test_bad_setting_fails_the_sync_with_its_message(pg, table_name, run_sdk):
     assert "setting 'cursor': column nope is not in table" in output
 
 
+def test_tables_that_fivetrans_naming_merges_fail_before_any_row(pg, table_name, run_sdk, project):
+    """Issue 17 item 1: with Fivetran naming (the tester's default), "OrderLines" and
+    order_lines were both written to table order_lines: 10 source rows became a table of 5.
+    The sync now fails before any row, naming both sources and the shared destination name."""
+    camel, snake = f'"{table_name}OrderLines"', f"{table_name}_order_lines"
+    for name in (camel, snake):
+        pg.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, updated_at int NOT NULL)")
+        pg.execute(f"INSERT INTO {name} SELECT g, g FROM generate_series(1, 5) g")
+    configuration = {
+        k: v
+        for k, v in sdk_configuration(pg, "x").items()
+        if k not in ("table", "cursor", "primary_key")
+    }
+    configuration["tables"] = json.dumps(
+        [{"table": camel, "cursor": "updated_at"}, {"table": snake, "cursor": "updated_at"}]
+    )
+    output = run_sdk(configuration, expect_ok=False, naming="FIVETRAN")
+    assert "SYNC SUCCEEDED" not in output
+    shared = lf.fivetran_table_name(f"{table_name}OrderLines")
+    assert shared == lf.fivetran_table_name(f"{table_name}_order_lines")
+    assert (
+        f"tables {camel} and {snake} both write to destination tables '{table_name}OrderLines' "
+        f"and '{table_name}_order_lines', which Fivetran's naming makes the same table "
+        f"'{shared}'"
+    ) in output, output[-4000:]
+    warehouse = project / "files" / "warehouse.db"
+    if warehouse.exists():  # nothing was written: no table holds a row
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            tables = con.sql(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'tester'"
+            ).fetchall()
+            for (name,) in tables:
+                assert con.sql(f'SELECT count(*) FROM tester."{name}"').fetchall() == [(0,)]
+    # Renamed, the same two tables arrive whole, 5 rows each, under Fivetran naming.
+    configuration["tables"] = json.dumps(
+        [
+            {"table": camel, "cursor": "updated_at", "destination": "camel_lines"},
+            {"table": snake, "cursor": "updated_at"},
+        ]
+    )
+    run_sdk(configuration, naming="FIVETRAN")
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        for name in ("camel_lines", shared):
+            assert con.sql(f'SELECT count(*) FROM tester."{name}"').fetchall() == [(5,)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure parts of connector.py
 # ---------------------------------------------------------------------------------------------
@@ -522,52 +572,24 @@ def test_formatter_converts_what_the_sdk_would_refuse():
     assert formatter.dropped == {("t", "tz"): 1, ("t", "n"): 1}
 
 
-class FakeOp:
-    """Records what connector.emit calls: only the mapping of a response to operations."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, dict[str, Any]]] = []
-
-    def upsert(self, table: str, data: dict[str, Any]) -> None:
-        self.calls.append(("upsert", table, data))
-
-    def delete(self, table: str, keys: dict[str, Any]) -> None:
-        self.calls.append(("delete", table, keys))
-
-
-def test_deletes_become_sdk_deletes(monkeypatch):
-    """TODO(lead): once the many-tables core emits "delete"/"softDelete", replace this fake
-    with a sync through the SDK that deletes source rows, and read _fivetran_deleted back."""
-    fake = FakeOp()
-    monkeypatch.setattr(connector, "op", fake)
-    formatter = connector.Formatter(_plan(("k", 17, "bytea"), ("c", 23, "integer")))
-    response = {
-        "state": {},
-        "insert": {"t": [{"k": "AQ==", "c": 1}]},
-        "delete": {"t": [{"k": "Ag=="}], "u": [{"id": 7}]},
-        "softDelete": ["u"],
-        "schema": {},
-        "hasMore": False,
-    }
-    assert connector.emit(response, formatter) == 1
-    assert fake.calls == [
-        ("upsert", "t", {"k": b"\x01", "c": 1}),
-        ("delete", "t", {"k": b"\x02"}),  # hard and soft deletes alike: the SDK's delete is soft
-        ("delete", "u", {"id": 7}),
-    ]
-
-
 def test_several_tables_and_full_refresh_deletes(pg, table_name, run_sdk, project):
     """Issue 11 with issue 9's core: one connector.py copies an incremental and a
     full-refresh table; rows gone from the full table appear as the SDK records deletes
-    (_fivetran_deleted = true), and a key inserted again comes back live."""
+    (_fivetran_deleted = true), and a key inserted again comes back live. (Issue 17 item 12:
+    this replaces a test of connector.emit with a fake `op`, marked TODO until this one
+    existed.)"""
     pg.execute(f"CREATE TABLE {table_name}_inc (id int PRIMARY KEY, updated_at int NOT NULL)")
     pg.execute(f"INSERT INTO {table_name}_inc SELECT g, g % 5 FROM generate_series(1, 300) g")
     pg.execute(f"CREATE TABLE {table_name}_full (code text PRIMARY KEY, n int)")
     pg.execute(f"INSERT INTO {table_name}_full SELECT 'c' || g, g FROM generate_series(1, 200) g")
+    # A bytea key: a delete's key goes through the same formatting as the rows (base64 to
+    # bytes), or the SDK's delete would miss the row.
+    pg.execute(f"CREATE TABLE {table_name}_bin (k bytea PRIMARY KEY, n int)")
+    pg.execute(f"INSERT INTO {table_name}_bin SELECT int4send(g), g FROM generate_series(1, 9) g")
     tables = [
         {"table": f"{table_name}_inc", "cursor": "updated_at", "destination": "inc"},
         f"{table_name}_full",
+        {"table": f"{table_name}_bin", "destination": "bin"},
     ]
     configuration = {
         k: v
@@ -577,6 +599,7 @@ def test_several_tables_and_full_refresh_deletes(pg, table_name, run_sdk, projec
     configuration["tables"] = json.dumps(tables)
     run_sdk(configuration)
     pg.execute(f"DELETE FROM {table_name}_full WHERE n % 3 = 0")
+    pg.execute(f"DELETE FROM {table_name}_bin WHERE n IN (2, 7)")
     pg.execute(f"INSERT INTO {table_name}_inc VALUES (1000, 9)")
     run_sdk(configuration)
     pg.execute(f"INSERT INTO {table_name}_full VALUES ('c3', -3)")  # deleted, then back
@@ -586,6 +609,8 @@ def test_several_tables_and_full_refresh_deletes(pg, table_name, run_sdk, projec
         full = dict(
             con.sql(f'SELECT code, _fivetran_deleted FROM tester."{table_name}_full"').fetchall()
         )
+        binary = con.sql('SELECT n, _fivetran_deleted FROM tester."bin" ORDER BY n').fetchall()
+    assert binary == [(n, n in (2, 7)) for n in range(1, 10)]
     assert inc == [(301,)]
     live = {r[0] for r in pg.execute(f"SELECT code FROM {table_name}_full")}
     assert {c for c, deleted in full.items() if not deleted} == live

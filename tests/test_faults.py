@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import PASSWORDS, FakeContext, secrets_for, sync
+from helpers import PASSWORDS, FakeContext, record_connects, secrets_for, sync
 from pgserver import PostgresServer
 
 import lambda_function as lf
@@ -225,7 +225,7 @@ def test_statement_timeout_is_a_timeout_error_and_the_retry_finishes(slow):
             {"state": first["state"], "secrets": slow.secrets(statement_timeout_s="1")}, None
         )
     elapsed = time.monotonic() - started
-    assert 0.9 < elapsed < 3, elapsed
+    assert 0.9 < elapsed < 10, elapsed  # the 1 s timeout, not the Lambda's time (generous)
     assert_clear(
         err.value, lf.SourceTimeoutError, r"statement timeout.*SQLSTATE 57014", slow.server
     )
@@ -234,14 +234,16 @@ def test_statement_timeout_is_a_timeout_error_and_the_retry_finishes(slow):
     finish(slow, first, statement_timeout_s="1")
 
 
-def test_too_little_lambda_time_left_refuses_before_connecting(slow):
+def test_too_little_lambda_time_left_refuses_before_connecting(slow, monkeypatch):
+    """Issue 17 item 12: this asserted only "< 0.5 s" (a whole invocation takes 0.01 s); what
+    it means is that no connection is made."""
     first = first_batch(slow)
-    started = time.monotonic()
+    opened = record_connects(monkeypatch)
     with pytest.raises(lf.SourceTimeoutError) as err:
         lf.lambda_handler(
             {"state": first["state"], "secrets": slow.secrets()}, FakeContext(remaining_ms=2000)
         )
-    assert time.monotonic() - started < 0.5
+    assert opened == []
     assert_clear(
         err.value, lf.SourceTimeoutError, r"only \d+ ms are left.*Lambda timeout", slow.server
     )
@@ -303,15 +305,16 @@ def silent_port() -> Iterator[int]:
     listener.close()
 
 
-def test_closed_port_is_refused_fast(slow):
+def test_closed_port_is_refused_fast(slow, monkeypatch):
+    """Fast: one connection attempt, no retry (issue 17 item 12: was "< 1 s")."""
     first = first_batch(slow)
     port = _closed_port()
-    started = time.monotonic()
+    opened = record_connects(monkeypatch)
     with pytest.raises(lf.SourceError) as err:
         lf.lambda_handler(
             {"state": first["state"], "secrets": slow.secrets(port=str(port))}, FakeContext()
         )
-    assert time.monotonic() - started < 1
+    assert opened == [("127.0.0.1", port)]
     assert_clear(
         err.value,
         lf.SourceError,
@@ -361,7 +364,8 @@ def test_a_listener_that_never_answers_times_out_on_the_connect_timeout(silent_p
     kind, message, elapsed, _ = call_silent_server(silent_port, sslmode)
     assert kind == "SourceTimeoutError", message
     assert re.match(rf"connecting: 127\.0\.0\.1:{silent_port} did not answer in time", message)
-    assert 0.9 < elapsed < 2, f"gave up after {elapsed:.1f} s; connect_timeout_s is 1"
+    # The 1 s connect timeout, not the Lambda's 15 minutes (a generous bound on a busy host).
+    assert 0.9 < elapsed < 10, f"gave up after {elapsed:.1f} s; connect_timeout_s is 1"
 
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])

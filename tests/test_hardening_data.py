@@ -488,7 +488,14 @@ def test_a_group_of_identical_rows_larger_than_a_response_is_refused(pg, db, tab
             delivered += [r["id"] for r in response["insert"][table_name]]
             state = response["state"]
             assert response["hasMore"], "the sync ended without the group of identical rows"
-    assert "unexpected internal error" not in str(err.value)
+    # Issue 17 item 12: any ConnectorError passed here; it must be the refusal of the group.
+    assert type(err.value) is lf.SourceError, repr(err.value)
+    assert re.match(
+        rf"table public\.{table_name} has more rows with the same values of \(updated_at, id\) "
+        r"than fit in one response of max_response_bytes=10000; the primary_key must identify "
+        r"a row for exact paging, or raise max_response_bytes$",
+        str(err.value),
+    ), str(err.value)
     assert 9 not in delivered, "part of a group that cannot be paged was delivered"
     assert sorted(delivered) == [1, 2, 3, 4, 5]
 

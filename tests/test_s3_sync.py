@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -235,12 +236,47 @@ def test_memory_stays_bounded_while_a_100_mb_object_is_written(pg, table_name, s
         ({"bucket": "b"}, r"'bucket' and 'file' must both be non-empty strings"),
         ({"bucket": "", "file": "k"}, r"'bucket' and 'file' must both be non-empty strings"),
         ({"bucket": 5, "file": "k"}, r"'bucket' and 'file' must both be non-empty strings"),
+        (
+            {"bucket": "my bucket", "file": "k"},
+            r"^the request's 'bucket' 'my bucket' contains ' ', which a bucket name cannot "
+            r"hold; expected an S3 bucket name as the Fivetran connector's S3 sync method "
+            r"names it: 3 to 63 lower-case letters, digits, '\.' and '-'",
+        ),
+        (
+            {"bucket": "s3://fivetran-sync/prefix", "file": "k"},
+            r"^the request's 'bucket' 's3://fivetran-sync/prefix' looks like a URL",
+        ),
+        ({"bucket": "b/k", "file": "k"}, r"'bucket' 'b/k' contains '/' \(a bucket name has no"),
+        ({"bucket": "ab", "file": "k"}, r"'bucket' 'ab' is 2 characters long; expected"),
+        ({"bucket": "a\nb", "file": "k"}, r"'bucket' 'a\\nb' contains '\\n', which"),
+        ({"bucket": "b" * 256, "file": "k"}, r"is 256 characters long; expected"),
+        ({"bucket": "fivetran", "file": "k" * 1025}, r"'file' is 1025 bytes long; an S3 object"),
+        ({"bucket": "fivetran", "file": "\ud800"}, r"'file' is not valid Unicode text"),
     ],
 )
 def test_a_malformed_s3_request_is_refused(pg, table_name, extra, pattern):
+    """Issue 17 item 9: a malformed bucket name failed as "failed in the AWS SDK
+    (ParamValidationError)", after connecting; now refused before, saying what is wrong."""
     request = {"state": {}, "secrets": secrets_for(pg, table_name), **extra}
     with pytest.raises(lf.ConfigurationError, match=pattern):
         lf.lambda_handler(request, None)
+
+
+def test_a_bucket_s3_refuses_says_so_and_a_legacy_name_is_taken(pg, table_name, s3_env):
+    """Issue 17 item 9: what passes the check and S3 still refuses is named, never "failed in
+    the AWS SDK"; a name with capitals and '_' (us-east-1 buckets before 2018) is not refused
+    before S3 answers."""
+    pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at int)")
+    pg.execute(f"INSERT INTO {table_name} VALUES (1, 1)")
+    request = {"state": {}, "secrets": secrets_for(pg, table_name), "file": "k.json"}
+    with pytest.raises(lf.S3Error) as err:
+        lf.lambda_handler({**request, "bucket": "Legacy_Bucket_" + table_name[-6:]}, None)
+    assert "failed in the AWS SDK" not in str(err.value)
+    assert re.match(
+        r"S3 PutObject to bucket 'Legacy_Bucket_\w+' \(key 'k\.json'\): S3 refused the bucket "
+        r"name \(InvalidBucketName, HTTP 400\); expected an S3 bucket name",
+        str(err.value),
+    ), str(err.value)
 
 
 def test_s3_max_bytes_is_validated():

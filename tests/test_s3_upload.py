@@ -289,6 +289,39 @@ def test_client_errors_become_clear_messages(code: str, status: int, expected: s
     assert "AKIA" not in str(error)  # S3's own message is never passed on
 
 
+def test_a_parameter_boto3_refuses_is_named() -> None:
+    """Issue 17 item 9: ParamValidationError was "failed in the AWS SDK"; it says what the
+    bucket and key must be."""
+    exc = botocore.exceptions.ParamValidationError(report='Invalid bucket name "a b"')
+    error = s3o.s3_error(exc, "PutObject", "a b", "f.json")
+    assert str(error).startswith(
+        "S3 PutObject to bucket 'a b' (key 'f.json'): the AWS SDK refused the bucket or key "
+        "before sending it (ParamValidationError); expected an S3 bucket name"
+    ), str(error)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "kind"),
+    [
+        ("AccessDenied", 403, "denied"),
+        ("AccessDeniedException", 400, "denied"),  # the credentials APIs' spelling
+        ("unknown", 403, "denied"),
+        ("ThrottlingException", 400, "throttled"),
+        ("SlowDown", 503, "throttled"),
+        ("unknown", 500, "throttled"),
+        ("ClusterNotFound", 404, "not found"),
+        ("NoSuchBucket", 404, "not found"),
+        ("ExpiredToken", 400, "caller"),
+        ("InvalidAccessKeyId", 403, "caller"),
+        ("KMS.NotFoundException", 400, "kms"),
+        ("EntityTooSmall", 400, None),
+    ],
+)
+def test_one_table_of_aws_error_codes(code: str, status: int, kind: str | None) -> None:
+    """Issue 17 item 11: aws_error and s3_error read one table of codes (they had two)."""
+    assert s3o.aws_error_kind(code, status) == kind
+
+
 def test_grant_hint_partitions() -> None:
     assert "arn:aws-cn:s3:::b/*" in s3o.s3_grant_hint("b", "cn-north-1")
     assert "arn:aws:s3:::b/*" in s3o.s3_grant_hint("b", "eu-west-1")

@@ -112,7 +112,12 @@ def test_mixed_tables_in_one_sync_fill_responses_across_tables(pg, schema, wh):
     for table, rows in first.by_table.items():
         keys = [json.dumps([r.get("id"), r.get("code"), r.get("o"), r.get("n")]) for r in rows]
         assert len(keys) == len(set(keys)), table
-    assert first.responses < sum(1 for _ in first.by_table) + len(first.rows) // 100
+    # Issue 17 item 12: the bound allowed 12 responses where 3 happen and never looked at
+    # mixing. Every response but the last is filled to the budget, and one carries several
+    # tables' rows.
+    assert all(size > 20_000 - 2 * lf.MIN_ROOM_BYTES for size in first.sizes[:-1]), first.sizes
+    assert first.responses <= -(-sum(first.sizes) // (20_000 - 2 * lf.MIN_ROOM_BYTES))
+    assert max(len(tables) for tables in first.tables) >= 2, first.tables
     state = first.state
     assert state["version"] == lf.STATE_VERSION and state["done"] == []  # the sync ended
     # (an empty incremental table has no position to keep)
@@ -211,6 +216,9 @@ def test_many_deletes_are_spread_over_responses(pg, schema, wh):
 
 
 def test_tables_added_and_removed_between_syncs(pg, schema, wh):
+    """A table added starts from scratch; a table removed has its entry dropped. (Issue 17
+    item 10: the README's "How it works" said other tables' entries were carried through
+    unchanged; this is what the code does, and the text now says so.)"""
     make_mixed(pg, schema)
     tables = mixed_tables(schema)
     first = sync(tables_secrets(pg, tables[:2]), warehouse=wh)
@@ -237,17 +245,43 @@ def test_a_v1_state_resumes_as_v2(pg, table_name):
 
 
 def test_a_failing_table_is_named_and_the_others_positions_stay(pg, schema):
+    """A table that fails fails the invocation, named; no response, so the state Fivetran
+    keeps is the last good one. Issue 17 item 12: this only checked that the failed table was
+    not done (which cannot fail); now the retry must fail the same way from the same state,
+    and once the table is back the sync goes on from there: every row of every table
+    delivered exactly once in the sync, none skipped by the failed invocations."""
     make_mixed(pg, schema)
     secrets = tables_secrets(pg, mixed_tables(schema), max_response_bytes="20000")
+    keys = {"orders": ("id",), "events": ("id",), "order_lines": ("o", "n"), "countries": ("code",)}
+    delivered: dict[str, list[Any]] = {}
+
+    def take(insert: dict[str, list[dict[str, Any]]]) -> None:
+        for table, rows in insert.items():
+            delivered.setdefault(table, []).extend(tuple(r[k] for k in keys[table]) for r in rows)
+
     response = lf.lambda_handler({"state": {}, "secrets": secrets}, None)
     assert response["hasMore"]
-    pg.execute(f"DROP TABLE {schema}.events")
+    take(response["insert"])
+    pg.execute(f"ALTER TABLE {schema}.events RENAME TO events_away")
     state = response["state"]
-    with pytest.raises(lf.ConnectorError, match=rf"^table {schema}\.events: setting 'table'"):
+    pattern = rf"^table {schema}\.events: setting 'table': {schema}\.events was not found"
+    with pytest.raises(lf.ConnectorError, match=pattern):
         while True:  # Fivetran keeps invoking until the failing table's turn
             response = lf.lambda_handler({"state": state, "secrets": secrets}, None)
+            take(response["insert"])
             state = response["state"]
-    assert "events" not in state["done"]
+    kept = json.dumps(state, sort_keys=True)
+    with pytest.raises(lf.ConnectorError, match=pattern):  # Fivetran retries: the same failure
+        lf.lambda_handler({"state": state, "secrets": secrets}, None)
+    assert json.dumps(state, sort_keys=True) == kept
+    pg.execute(f"ALTER TABLE {schema}.events_away RENAME TO events")
+    take(sync(secrets, state).by_table)
+    for table, names in keys.items():
+        source = table if table != "order_lines" else "lines"
+        want = pg.execute(f"SELECT {', '.join(names)} FROM {schema}.{source}")
+        got = delivered.get(table, [])
+        assert len(got) == len(set(got)), f"{table}: a row delivered twice"
+        assert sorted(got) == sorted(tuple(r) for r in want), table
 
 
 def test_the_setup_test_reports_every_problem_at_once(pg, schema):
@@ -272,6 +306,43 @@ def test_the_setup_test_reports_every_problem_at_once(pg, schema):
     ok = [tables[2], tables[3]]
     response = lf.lambda_handler({**request, "secrets": tables_secrets(pg, ok)}, None)
     assert response["insert"] == {"events": [], "orders2": []} and response["hasMore"] is False
+
+
+def test_tables_that_fivetrans_naming_merges_are_refused_before_any_row(pg, schema):
+    """Issue 17 item 1: "OrderLines" and order_lines are one destination table under
+    Fivetran's naming; their rows were merged (10 source rows became a table of 5). Refused
+    in the setup test and in a sync, before any row is read, naming both sources and the
+    shared name: tables listed in 'tables', and tables found through 'schema'."""
+    for name in ('"OrderLines"', "order_lines"):
+        pg.execute(f"CREATE TABLE {schema}.{name} (id int PRIMARY KEY, v int)")
+        pg.execute(f"INSERT INTO {schema}.{name} SELECT g, g FROM generate_series(1, 5) g")
+    listed = tables_secrets(pg, [f'{schema}."OrderLines"', f"{schema}.order_lines"])
+    found = secrets_for(pg, "x", schema=schema)
+    for key in ("table", "cursor", "primary_key"):
+        found.pop(key)
+    pattern = (
+        rf'^tables {schema}\."OrderLines" and {schema}\.order_lines both write to destination '
+        r"tables 'OrderLines' and 'order_lines', which Fivetran's naming makes the same table "
+        r"'order_lines'"
+    )
+    for secrets in (listed, found):
+        for setup_test in (True, False):
+            request = {"state": {}, "secrets": secrets, "setup_test": setup_test}
+            with pytest.raises(lf.ConfigurationError, match=pattern):
+                lf.lambda_handler(request, None)
+    # One of them renamed: both are copied, each whole.
+    renamed = tables_secrets(
+        pg,
+        [
+            {"table": f'{schema}."OrderLines"', "destination": "camel_lines"},
+            f"{schema}.order_lines",
+        ],
+    )
+    result = sync(renamed)
+    assert {t: len(rows) for t, rows in result.by_table.items()} == {
+        "camel_lines": 5,
+        "order_lines": 5,
+    }
 
 
 def test_a_schema_with_include_and_exclude(pg, schema, wh):

@@ -6,6 +6,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import lambda_function as lf
 
@@ -294,3 +296,110 @@ def test_page_sizer_is_exact(columns):
     rows = [dict(zip([c.name for c in spec], values, strict=True)) for values in page]
     assert lf.page_sizer(spec)(page) == [lf.json_size(row) + 2 for row in rows]
     assert lf.page_sizer(spec)([]) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "destination"),
+    [
+        ("orders", "orders"),
+        ("OrderLines", "order_lines"),
+        ("order_lines", "order_lines"),
+        ("Order Lines", "order_lines"),
+        ("order-lines", "order_lines"),
+        ("order__lines", "order_lines"),
+        ("userData", "user_data"),
+        ("user.data", "user_data"),
+        ("HTTPServer", "httpserver"),  # a word starts at a capital after a lower-case letter
+        ("Café", "cafe"),
+        ("ÀÖÜ", "aou"),
+        ("orders2024", "orders_2024"),
+        ("2024orders", "_2024_orders"),  # a leading digit is prefixed with _
+        ("_orders", "orders"),  # leading _ before a letter dropped (tables only)
+        ("__Orders", "orders"),
+        ("_2024", "_2024"),
+        ("表", "_"),  # not romanised: not a letter Fivetran keeps
+        ("x_", "x_"),
+    ],
+)
+def test_fivetran_table_name(name, destination):
+    """Issue 17 item 1: the destination name Fivetran's documented naming rules give."""
+    assert lf.fivetran_table_name(name) == destination
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=30))
+def test_fivetran_table_name_agrees_with_the_sdk_tester(name):
+    """The SDK's local tester implements the same rules (fivetran_connector_sdk_core's
+    renaming, what `fivetran debug` applies with Fivetran naming): same name for any text."""
+    from fivetran_connector_sdk_core.renaming import safe_drop_underscores
+
+    assert lf.fivetran_table_name(name) == safe_drop_underscores(name)
+
+
+@pytest.mark.parametrize(
+    ("tables", "pattern"),
+    [
+        (
+            '["\\"OrderLines\\"", "order_lines"]',
+            r"^tables \"OrderLines\" and order_lines both write to destination tables "
+            r"'OrderLines' and 'order_lines', which Fivetran's naming makes the same table "
+            r"'order_lines'; their rows would end up in one table",
+        ),
+        (
+            '["s.\\"Café\\"", "t.cafe"]',
+            r"^tables s\.\"Café\" and t\.cafe both write to destination tables 'Café' and "
+            r"'cafe', which Fivetran's naming makes the same table 'cafe'",
+        ),
+        (
+            '["a", {"table": "b", "destination": "A"}]',
+            r"^tables a and b both write to destination tables 'a' and 'A'",
+        ),
+        (
+            '["s.\\"Order Lines\\"", "t.\\"order-lines\\""]',
+            r"'order_lines'; their rows would end up in one table: give one of them another "
+            r"destination \('destination' in 'tables', 'destination_table' with 'table'\)$",
+        ),
+    ],
+)
+def test_destinations_that_fivetrans_naming_merges_are_refused(tables, pattern):
+    """Issue 17 item 1: _check_destinations folded case only, so "OrderLines" and order_lines
+    (or names differing in spaces, punctuation or accents) were merged into one destination
+    table. Refused before connecting, naming both sources and the shared name."""
+    secrets = {"host": "127.0.0.1", "dbname": "d", "user": "u", "password": "p", "tables": tables}
+    with pytest.raises(lf.ConfigurationError, match=pattern):
+        lf.parse_config(secrets)
+
+
+@pytest.mark.parametrize(
+    ("value", "blank"),
+    [
+        (None, True),
+        ("", True),
+        ("  \t\n", True),
+        ("x", False),
+        (" x ", False),
+        (0, False),
+        (False, False),
+        ([], False),
+    ],
+)
+def test_one_rule_says_when_a_setting_is_not_given(value, blank):
+    """Issue 17 item 11: three helpers (_text_setting, _table_spec's text, _given) each had
+    their own copy of this rule; now _blank is the one, and every setting follows it."""
+    assert lf._blank(value) is blank
+    base = {"host": "h", "dbname": "d", "user": "u", "password": "p", "table": "t"}
+    if blank:  # a blank setting is an absent one, at the top level and in 'tables' alike
+        assert lf.parse_config({**base, "cursor": "c", "mode": value}).tables[0].mode == (
+            "incremental"
+        )
+        item = {"table": "t", "cursor": value}
+        tables = {k: v for k, v in base.items() if k != "table"}
+        spec = lf.parse_config({**tables, "tables": json.dumps([item])}).tables[0]
+        assert spec.mode == "full" and spec.cursor == ()
+        assert (
+            lf.parse_auth(
+                {"auth": "iam", "region": value, "cluster_identifier": "c"},
+                "h",
+                {"AWS_REGION": "eu-west-1"},
+            ).region
+            == "eu-west-1"
+        )
