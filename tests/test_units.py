@@ -403,3 +403,26 @@ def test_one_rule_says_when_a_setting_is_not_given(value, blank):
             ).region
             == "eu-west-1"
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("my-bucket/keys", r"must start with s3://"),
+        ("s3://", r"the bucket '' "),
+        ("s3://a/keys", r"the bucket 'a' "),
+        ("s3://bucket/../keys", r"the prefix '\.\./keys' may hold only"),
+        ("s3://bucket/a//b", r"the prefix 'a//b' may hold only"),
+        ("s3://bucket/k e y", r"the prefix 'k e y' may hold only"),
+    ],
+)
+def test_a_bad_key_store_names_what_is_wrong(text, pattern):
+    """Issue 16: the key_store setting is checked before anything connects."""
+    with pytest.raises(lf.ConfigurationError, match=rf"^setting 'key_store'.*{pattern}"):
+        lf.parse_key_store(text)
+
+
+def test_a_key_store_prefix_is_kept_without_its_slashes():
+    store = lf.parse_key_store("s3://my-bucket/redshift-lambda/keys/")
+    assert store == lf.KeyStoreConfig("my-bucket", "redshift-lambda/keys")
+    assert lf.parse_key_store("s3://my-bucket") == lf.KeyStoreConfig("my-bucket", "")
