@@ -104,12 +104,16 @@ def run_sdk(project: Path, sdk_home: Path):
     """Run `fivetran debug` in the project to the end; its output (stdout and stderr)."""
 
     def run(
-        configuration: dict[str, str], *, expect_ok: bool = True, naming: str = "SOURCE"
+        configuration: dict[str, str],
+        *,
+        expect_ok: bool = True,
+        naming: str = "SOURCE",
+        env: dict[str, str] | None = None,
     ) -> str:
         done = subprocess.run(
             debug_command(project, configuration, naming),
             cwd=project,
-            env=sdk_env(sdk_home),
+            env={**sdk_env(sdk_home), **(env or {})},
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT_S,
@@ -617,3 +621,39 @@ def test_several_tables_and_full_refresh_deletes(pg, table_name, run_sdk, projec
     assert {c for c, deleted in full.items() if deleted} == {
         f"c{n}" for n in range(1, 201) if n % 3 == 0
     } - {"c3"}
+
+
+def test_a_large_full_table_keeps_the_sdk_state_bounded_through_the_key_store(
+    pg, table_name, run_sdk, project, s3
+):
+    """Issue 16, item 8: the SDK path gets the same guarantees. A full table of 30,000 uuid
+    keys (far more than the state may hold) keeps its key set in the S3 key store (SeaweedFS
+    on loopback); the state the SDK checkpoints stays small, and rows gone from the source are
+    marked deleted by op.delete, range by range, with no truncate."""
+    pg.execute(f"CREATE TABLE {table_name} (id uuid PRIMARY KEY, n int)")
+    pg.execute(
+        f"INSERT INTO {table_name} SELECT md5(g::text)::uuid, g FROM generate_series(1, 30000) g"
+    )
+    bucket = s3.new_bucket()
+    # the SDK's web requests go to a dead proxy; the loopback S3 server is reached directly
+    env = {**s3.aws_env(), "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    configuration = sdk_configuration(
+        pg,
+        table_name,
+        cursor=None,
+        primary_key=None,
+        mode="full",
+        batch_bytes="400000",
+        key_store=f"s3://{bucket}/sdk",
+    )
+    run_sdk(configuration, env=env)
+    state = (project / "files" / "state.json").read_text()
+    assert len(state) < 4_000 and '"gen"' in state
+    pg.execute(f"DELETE FROM {table_name} WHERE n % 5 = 0")
+    run_sdk(configuration, env=env)
+    assert len((project / "files" / "state.json").read_text()) < 4_000
+    with duckdb.connect(str(project / "files" / "warehouse.db"), read_only=True) as con:
+        deleted = con.sql(
+            f'SELECT count(*) FILTER (WHERE _fivetran_deleted), count(*) FROM tester."{table_name}"'
+        ).fetchall()
+    assert deleted == [(6_000, 30_000)]
