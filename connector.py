@@ -239,14 +239,16 @@ if __name__ == "__main__":
     # files/warehouse.db, and the state of files/state.json (which each checkpoint replaces).
     import json
     import os
+    import shutil
     import sys
     from pathlib import Path
 
-    # The SDK runs `pipreqs` found on PATH: make it the one next to this Python (.venv/bin),
-    # so `.venv/bin/python connector.py` works without activating the virtual environment.
-    os.environ["PATH"] = os.pathsep.join(
-        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
-    )
+    # The SDK runs `pipreqs` found on PATH; without one there (.venv not activated), the one
+    # next to this Python (.venv/bin), so `.venv/bin/python connector.py` works as it is.
+    if shutil.which("pipreqs") is None:
+        os.environ["PATH"] = os.pathsep.join(
+            [os.environ.get("PATH", ""), str(Path(sys.executable).parent)]
+        )
     here = Path(__file__).resolve().parent
     state_file = here / "files" / "state.json"
     connector.debug(

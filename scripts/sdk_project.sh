@@ -28,7 +28,7 @@ if [[ ! -e "$dir/configuration.json" ]]; then
 fi
 # REDSHIFT_LAMBDA_<SETTING> variables (as for the command line, e.g. the export line that
 # ./demo.sh --serve prints) go into configuration.json; an empty one removes the setting.
-if compgen -e | grep -q '^REDSHIFT_LAMBDA_'; then
+if [[ -n "$(compgen -e | grep '^REDSHIFT_LAMBDA_' || true)" ]]; then
   python3 - "$dir/configuration.json" <<'PY' || die "cannot update $dir/configuration.json"
 import json, os, sys
 path = sys.argv[1]
