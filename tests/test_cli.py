@@ -243,3 +243,25 @@ def test_network_errors_point_at_the_settings_to_check(pg, table_name):
     message = json.loads(proc.stderr.strip().splitlines()[-1].split(" ERROR ", 1)[1])["message"]
     assert "ConnectionRefusedError" in message and "check 'port'" in message
     assert pg.password not in proc.stderr
+
+
+def test_a_host_that_never_answers_points_at_the_network_settings(pg, table_name):
+    """Regression (issue 19, item 6): a connection that timed out said only "did not answer
+    in time", without the settings and the security group to check."""
+    import socket
+
+    with socket.socket() as listener:  # accepts the TCP connection, then never says a word
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        proc = run_cli(
+            pg,
+            table_name,
+            str(EVENTS / "first_sync.json"),
+            REDSHIFT_LAMBDA_PORT=str(port),
+            REDSHIFT_LAMBDA_CONNECT_TIMEOUT_S="1",
+        )
+    assert proc.returncode == 1
+    message = json.loads(proc.stderr.strip().splitlines()[-1].split(" ERROR ", 1)[1])["message"]
+    assert message.startswith(f"connecting: 127.0.0.1:{port} did not answer in time (1 s, ")
+    assert "check 'host' and 'port'" in message and "security group" in message
