@@ -328,8 +328,15 @@ def served(checkout: Path) -> Iterator[dict[str, str]]:
         assert exports, "./demo.sh --serve printed no export line"
         yield exports
     finally:
-        serving.send_signal(signal.SIGINT)
-        serving.communicate(timeout=60)  # reads the rest and closes the pipe
+        # SIGTERM: the demo cleans up on it as on Ctrl-C (a SIGINT may be ignored when the
+        # suite runs in the background)
+        serving.send_signal(signal.SIGTERM)
+        try:
+            serving.communicate(timeout=60)  # reads the rest and closes the pipe
+        except subprocess.TimeoutExpired:
+            serving.kill()
+            serving.communicate()
+            raise
 
 
 @pytest.fixture(scope="module")
