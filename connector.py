@@ -6,7 +6,7 @@ same settings, paging, value encoding and state. Each core response is one batch
 out as ``op.upsert``, its deletes as ``op.delete``, then ``op.checkpoint`` saves its state, so
 every checkpoint is a point the core resumes from exactly (a batch never ends inside a group of
 rows that tie on cursor and key). This file only formats values for the SDK's declared column
-types; it pages and encodes nothing itself. See README_SDK_DRAFT.md.
+types; it pages and encodes nothing itself. See docs/connector-sdk.md.
 """
 
 from __future__ import annotations
@@ -238,8 +238,17 @@ if __name__ == "__main__":
     # A local run, as `fivetran debug` does it: configuration.json next to this file, rows to
     # files/warehouse.db, and the state of files/state.json (which each checkpoint replaces).
     import json
+    import os
+    import shutil
+    import sys
     from pathlib import Path
 
+    # The SDK runs `pipreqs` found on PATH; without one there (.venv not activated), the one
+    # next to this Python (.venv/bin), so `.venv/bin/python connector.py` works as it is.
+    if shutil.which("pipreqs") is None:
+        os.environ["PATH"] = os.pathsep.join(
+            [os.environ.get("PATH", ""), str(Path(sys.executable).parent)]
+        )
     here = Path(__file__).resolve().parent
     state_file = here / "files" / "state.json"
     connector.debug(

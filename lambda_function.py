@@ -515,7 +515,17 @@ def parse_config(secrets: Any) -> Config:
         )
     unknown = sorted(str(k) for k in secrets if k not in SETTINGS)
     if unknown:
-        log(logging.WARNING, "unknown settings ignored", names=[shown(k) for k in unknown][:20])
+        guesses = {shown(k): close_setting(k) for k in unknown[:20]}
+        log(
+            logging.WARNING,
+            "unknown settings ignored",
+            names=[shown(k) for k in unknown][:20],
+            **(
+                {"did_you_mean": {k: g for k, g in guesses.items() if g}}
+                if any(guesses.values())
+                else {}
+            ),
+        )
 
     host_text = _text_setting(secrets, "host", required=True)
     assert host_text is not None
@@ -2574,6 +2584,7 @@ def _source_error(
 ) -> ConnectorError:
     """Translate a driver error into a message a user can act on, without values or secrets."""
     where = f"{config.host}:{config.port}"
+    connecting = action == "connecting"  # network failures then point at the settings
     if isinstance(exc, pg8000.native.DatabaseError) and exc.args and isinstance(exc.args[0], dict):
         code = str(exc.args[0].get("C", ""))
         message = str(exc.args[0].get("M", ""))
@@ -2634,7 +2645,17 @@ def _source_error(
                 "anyone on the network path could then pose as it"
             )
         if isinstance(cause, TimeoutError):
-            return SourceTimeoutError(f"{action}: {where} did not answer in time")
+            return SourceTimeoutError(
+                f"{action}: {where} did not answer in time"
+                + (
+                    f" ({config.connect_timeout_s:g} s, 'connect_timeout_s'); check 'host' and "
+                    "'port', and that the network lets the function reach them: the cluster's "
+                    "security group must allow inbound TCP on that port from the function (in "
+                    "a VPC: its subnets and security group)"
+                    if connecting
+                    else ""
+                )
+            )
     if "Authentication method" in str(exc):
         return SourceError(
             f"{action}: {where} asks for a login method the function cannot do ({exc}); "
@@ -2651,7 +2672,24 @@ def _source_error(
         for c in causes
         if c is not None
     )
-    return SourceError(f"{action}: cannot talk to {where}: {reason}")
+    hint = ""
+    if connecting and any(isinstance(c, socket.gaierror) for c in causes):
+        hint = (
+            "; the name in 'host' does not resolve: check 'host' (the cluster's endpoint, e.g. "
+            "<cluster>.<id>.<region>.redshift.amazonaws.com) and, for a function in a VPC, "
+            "that its DNS resolves the endpoint"
+        )
+    elif connecting and any(isinstance(c, ConnectionRefusedError) for c in causes):
+        hint = (
+            f"; nothing listens on port {config.port} there: check 'port' (Redshift's default "
+            f"is {DEFAULT_PORT}) and 'host', and that the cluster is available"
+        )
+    elif connecting and any(isinstance(c, OSError) for c in causes):
+        hint = (
+            "; check 'host' and 'port', and the network path: the cluster's security group "
+            "must allow inbound TCP on that port from the function"
+        )
+    return SourceError(f"{action}: cannot talk to {where}: {reason}{hint}")
 
 
 # -- The wire: each query in one round trip, its rows streamed in chunks ----------------------
@@ -3665,10 +3703,12 @@ class JsonObjectStream:
         self.out = out
         self.bytes_written = 0
         self.rows_written = 0
+        self.table_rows: dict[str, int] = {}  # rows written per table, for the log line
         self._phase = "start"  # start, insert, table, delete, finished
         self._first_in_table = True
         self._tables: set[str] = set()
         self._deleted: set[str] = set()
+        self._current = ""
 
     def _write(self, data: bytes) -> None:
         self.out.write(data)
@@ -3685,6 +3725,8 @@ class JsonObjectStream:
             self._write(b'{"insert":{')
         self._write(self._key(name, first=first or not self._tables) + b"[")
         self._tables.add(name)
+        self.table_rows[name] = 0
+        self._current = name
         self._phase, self._first_in_table = "table", True
 
     def rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -3697,6 +3739,7 @@ class JsonObjectStream:
         self._write((b"" if self._first_in_table else b",") + _utf8(text[1:-1]))
         self._first_in_table = False
         self.rows_written += len(rows)
+        self.table_rows[self._current] += len(rows)
 
     def row_texts(self, texts: Iterable[str]) -> None:
         """Append rows already encoded as JSON object texts (strict JSON each)."""
@@ -3708,6 +3751,7 @@ class JsonObjectStream:
         self._write((b"" if self._first_in_table else b",") + _utf8(",".join(texts)))
         self._first_in_table = False
         self.rows_written += len(texts)
+        self.table_rows[self._current] += len(texts)
 
     def end_table(self) -> None:
         if self._phase != "table":
@@ -4714,19 +4758,26 @@ def _sync(
                     f"the response holding it takes {json_size(returned)} bytes, more than "
                     f"max_response_bytes={config.max_response_bytes}"
                 )
+    # Totals first (a Logs Insights parse reads "rows": N, "deletes": N, "bytes": N in that
+    # order), then the same counts per destination table.
+    table_rows = (
+        dict(response.stream.table_rows)
+        if response.stream is not None
+        else {d: len(rows) for d, rows in response.inserts.items()}
+    )
     log(
         logging.INFO,
         "batch",
-        tables=len(response.inserts),
-        rows=response.stream.rows_written
-        if response.stream is not None
-        else sum(map(len, response.inserts.values())),
+        tables=len(table_rows),
+        rows=sum(table_rows.values()),
         deletes=sum(map(len, response.deletes.values())),
         bytes=sum(response.row_bytes.values()),
         pages=response.pages,
         has_more=has_more,
         elapsed_ms=int((time.monotonic() - started) * 1000),
         **({} if target is None else {"object_bytes": response.size()}),
+        table_rows=table_rows,
+        table_deletes={d: len(keys) for d, keys in response.deletes.items()},
     )
     return response.returned(has_more)
 
@@ -4899,29 +4950,100 @@ def describe_tables(secrets: Any, *, time_left_ms: float) -> list[tuple[str, Tab
 # ---------------------------------------------------------------------------------------------
 
 ENV_PREFIX = "REDSHIFT_LAMBDA_"
+# REDSHIFT_LAMBDA_* variables that are not settings (tests only), so no "unknown" warning.
+ENV_NOT_SETTINGS = (
+    "REDSHIFT_LAMBDA_AWS_ENDPOINT_URL",
+    "REDSHIFT_LAMBDA_S3_ENDPOINT_URL",
+    "REDSHIFT_LAMBDA_TESTS_WITHOUT_TLS",
+)
 
 
-def load_request(path: str, environ: Mapping[str, str]) -> dict[str, Any]:
-    """A request from a JSON file ('-': standard input); REDSHIFT_LAMBDA_<SETTING> overrides."""
+def close_setting(name: str) -> str | None:
+    """The setting a misspelt name most likely meant (``primay_key`` -> ``primary_key``)."""
+    import difflib  # only needed when a name is wrong
+
+    match = difflib.get_close_matches(name.lower(), list(SETTINGS), n=1, cutoff=0.7)
+    return match[0] if match else None
+
+
+def _read_json_file(path: str, what: str) -> Any:
     try:
         if path == "-":
             text = sys.stdin.read()
         else:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
-        request = json.loads(text)
+        return json.loads(text)
     except (OSError, ValueError) as e:
-        raise ConfigurationError(f"cannot read the request file {path}: {e}") from e
+        raise ConfigurationError(f"cannot read the {what} file {path}: {e}") from e
+
+
+def load_request(
+    path: str, environ: Mapping[str, str], origins: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A request from a JSON file ('-': standard input); REDSHIFT_LAMBDA_<SETTING> overrides.
+
+    ``origins``, when given, is filled with where each setting came from (the file, or the
+    environment variable), for messages about settings that conflict."""
+    request = _read_json_file(path, "request")
     if not isinstance(request, dict):
         raise ConfigurationError(f"the request file {path} must hold a JSON object")
     secrets = request.setdefault("secrets", {})
     if not isinstance(secrets, dict):
         raise ConfigurationError("the request's 'secrets' must be an object")
+    where = origins if origins is not None else {}
+    where.update({str(k): path for k in secrets})
     for key in SETTINGS:
         if ENV_PREFIX + key.upper() in environ:
             secrets[key] = environ[ENV_PREFIX + key.upper()]
+            where[key] = ENV_PREFIX + key.upper()
+    unknown = sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name not in ENV_NOT_SETTINGS
+        and name[len(ENV_PREFIX) :].lower() not in SETTINGS
+    )
+    for name in unknown[:20]:
+        guess = close_setting(name[len(ENV_PREFIX) :])
+        log(
+            logging.WARNING,
+            "unknown environment variable ignored",
+            name=shown(name),
+            expected=f"{ENV_PREFIX}<SETTING>, one of the settings in upper case",
+            **({"did_you_mean": ENV_PREFIX + guess.upper()} if guess else {}),
+        )
     request.setdefault("state", {})
     return request
+
+
+def origins_note(error: ConnectorError, origins: Mapping[str, str]) -> str | None:
+    """Where the settings an error names came from, when they came from different places
+    (a file and the environment): a ``table`` in the file and ``REDSHIFT_LAMBDA_TABLES``."""
+    if not isinstance(error, ConfigurationError):
+        return None
+    named = [n for n in dict.fromkeys(re.findall(r"'([a-z0-9_]+)'", str(error))) if n in origins]
+    if len({origins[n].startswith(ENV_PREFIX) for n in named}) < 2:
+        return None
+    parts = [
+        f"'{n}' from {origins[n]}" + ("" if origins[n].startswith(ENV_PREFIX) else " (the file)")
+        for n in named
+    ]
+    file_only = [n for n in named if not origins[n].startswith(ENV_PREFIX)]
+    hint = ", ".join(f"{ENV_PREFIX}{n.upper()}=" for n in file_only)
+    return (
+        f"note: {'; '.join(parts)}; an empty variable ({hint}) drops the file's setting, or "
+        "use a request file without it"
+    )
+
+
+def _write_state(path: str, state: Any) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(state, f, ensure_ascii=False)
+            f.write("\n")
+    except OSError as e:
+        raise ConfigurationError(f"cannot write the state file {path}: {e}") from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -4931,7 +5053,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python lambda_function.py",
         description="Invoke lambda_handler locally with a Fivetran request file and print the "
         "response JSON on stdout (logs go to stderr). Any setting may come from an environment "
-        f"variable {ENV_PREFIX}<SETTING>, e.g. {ENV_PREFIX}PASSWORD.",
+        f"variable {ENV_PREFIX}<SETTING>, e.g. {ENV_PREFIX}PASSWORD; an empty one drops the "
+        "file's setting.",
     )
     parser.add_argument("event", help="request JSON file, e.g. events/first_sync.json ('-': stdin)")
     parser.add_argument(
@@ -4941,7 +5064,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "does; prints one response per line and a summary per batch on stderr",
     )
     parser.add_argument(
-        "--no-rows", action="store_true", help="print row counts instead of the rows"
+        "--no-rows",
+        action="store_true",
+        help="print row and delete counts instead of the rows and deleted keys",
+    )
+    parser.add_argument(
+        "--state",
+        metavar="FILE",
+        help="start from the state in FILE (e.g. one --save-state wrote) instead of the "
+        "request's own",
+    )
+    parser.add_argument(
+        "--save-state",
+        metavar="FILE",
+        help="write the state of the last response to FILE (the next sync starts from it "
+        "with --state FILE); FILE may be the same as --state's",
     )
     parser.add_argument(
         "--verbose",
@@ -4953,28 +5090,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     logger.setLevel(logging.DEBUG if args.verbose else log_level_from_env(os.environ))
+    origins: dict[str, str] = {}
     try:
-        request = load_request(args.event, os.environ)
+        request = load_request(args.event, os.environ, origins)
+        if args.state is not None:
+            state = _read_json_file(args.state, "state")
+            if not isinstance(state, dict):
+                raise ConfigurationError(
+                    f"the state file {args.state} must hold a JSON object (a response's "
+                    "'state', as --save-state writes it)"
+                )
+            request = {**request, "state": state}
         calls = rows = 0
         started = time.monotonic()
         while True:
             t0 = time.monotonic()
             response = lambda_handler(request, None)
             calls += 1
-            count = sum(len(v) for v in response["insert"].values())
+            count = sum(len(v) for v in response.get("insert", {}).values())
+            deletes = sum(len(v) for v in response.get("delete", {}).values())
             rows += count
+            if args.save_state is not None:
+                _write_state(args.save_state, response["state"])
             if args.no_rows:
-                response = {
-                    **response,
-                    "insert": {k: len(v) for k, v in response["insert"].items()},
-                }
+                response = dict(response)
+                if "insert" in response:
+                    response["insert"] = {k: len(v) for k, v in response["insert"].items()}
+                if "delete" in response:
+                    response["delete"] = {k: len(v) for k, v in response["delete"].items()}
             print(json.dumps(response, ensure_ascii=False), flush=True)
+            if args.all:
+                print(
+                    f"batch {calls}: {count} rows, {deletes} deletes in "
+                    f"{time.monotonic() - t0:.2f} s, "
+                    + ("hasMore" if response["hasMore"] else "sync complete"),
+                    file=sys.stderr,
+                )
             if not args.all or not response["hasMore"]:
                 break
-            print(
-                f"batch {calls}: {count} rows in {time.monotonic() - t0:.2f} s, hasMore",
-                file=sys.stderr,
-            )
             request = {**request, "state": response["state"]}
         if args.all:
             print(
@@ -4984,6 +5137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConnectorError as e:
         if not e.logged:  # the handler's own failures are already on stderr, as its log line
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        note = origins_note(e, origins)
+        if note:
+            print(note, file=sys.stderr)
         return 1
     return 0
 

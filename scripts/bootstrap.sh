@@ -21,7 +21,7 @@ stamp="$VENV/.requirements-stamp"
 want=$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "Installing Python packages into $VENV from requirements-dev.txt (first run, or after" \
-    "the requirements change: about 40 s) ..." >&2
+    "the requirements change: about 90 s) ..." >&2
   _bootstrap_t0=$SECONDS
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements-dev.txt" \
     || die "pip install failed"

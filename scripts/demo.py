@@ -762,13 +762,16 @@ def serve(pg: PostgresServer, args: argparse.Namespace) -> int:
         f"{lf.ENV_PREFIX}{key.upper()}={shlex.quote(secrets[key])}"
         for key in ("host", "port", "dbname", "user", "password", "sslmode")
     )
+    names = ", ".join(t.source for t in TABLES[:-1]) + f" and {TABLES[-1].source}"
     say(
-        f"\n{ORDERS.source} is served until Ctrl-C. In another shell, in {ROOT}, set the "
-        "connection (events/first_sync.json already names the table, cursor and primary key):\n"
+        f"\n{names} are served until Ctrl-C. In another shell, in {ROOT}, set the connection "
+        f"(events/first_sync.json already names {ORDERS.source}, its cursor and primary key; "
+        "events/several_tables.json all three tables):\n"
     )
     say(f"export {exports}")
     say("\nthen run, for example:\n")
     say(".venv/bin/python lambda_function.py events/first_sync.json --all --no-rows")
+    say(".venv/bin/python lambda_function.py events/several_tables.json --all --no-rows")
     say("\nWaiting (Ctrl-C to stop the server and remove its files) ...")
     while True:
         signal.pause()
@@ -858,8 +861,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_settings(args: argparse.Namespace) -> None:
+    """Validate the settings the options give before any server starts (ConfigurationError)."""
+    secrets = {"host": "127.0.0.1", "dbname": "demo", "user": "demo", "password": "-"}
+    secrets["tables"] = json.dumps([t.setting for t in TABLES])
+    for name in ("limit", "max_response_bytes", "s3_max_bytes"):
+        if getattr(args, name) is not None:
+            secrets[name] = str(getattr(args, name))
+    lf.parse_config(secrets)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        check_settings(args)  # a bad option fails at once, before a server starts
+    except lf.ConnectorError as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up on kill, too
     started = time.perf_counter()
     server = PostgresServer(name="demo")

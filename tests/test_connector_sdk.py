@@ -78,7 +78,11 @@ def sdk_env(home: Path) -> dict[str, str]:
     env.update(
         HOME=str(home),
         DO_NOT_TRACK="1",
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # the SDK runs pipreqs from PATH
+        # The SDK runs pipreqs from PATH: the stand-in of scripts/sdk.sh first, as the docs
+        # run it (the real one would ask PyPI about pg8000 and, offline, retry for 12 s).
+        PATH=os.pathsep.join(
+            [str(ROOT / "scripts" / "sdk-bin"), str(VENV_BIN), env.get("PATH", "")]
+        ),
         PYTHONUNBUFFERED="1",
         PYTHONDONTWRITEBYTECODE="1",
         HTTP_PROXY=DEAD_PROXY,

@@ -334,3 +334,22 @@ def test_a_changed_primary_key_is_refused() -> None:
         w.apply(response({"orders": [{"id": 1, "v": "a"}]}))
         with pytest.raises(WarehouseError, match="declared"):
             w.apply(response(schema={"orders": {"primary_key": ["v"]}}))
+
+
+def test_a_bad_option_fails_before_any_server_starts() -> None:
+    """Regression (issue 19, item 7): ./demo.sh --max-response-bytes 100 started PostgreSQL
+    and loaded the data before refusing, and printed the error twice."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--max-response-bytes", "100"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""  # no "Server: ..." line: nothing was started
+    assert result.stderr == (
+        "error: ConfigurationError: setting 'max_response_bytes' must be between 10000 and "
+        "6000000, got 100\n"
+    )

@@ -284,3 +284,26 @@ def test_s3_max_bytes_is_validated():
     assert lf.parse_config(base).s3_max_bytes == lf.DEFAULT_S3_MAX_BYTES
     with pytest.raises(lf.ConfigurationError, match=r"'s3_max_bytes' must be between"):
         lf.parse_config({**base, "s3_max_bytes": "1000"})
+
+
+def test_the_batch_log_line_counts_rows_per_table_in_s3_mode(pg, table_name, s3_env, caplog):
+    """Regression (issue 19, item 3): with several tables the batch line had no per-table
+    counts; through S3 its row count comes from the object, so must the per-table ones."""
+    other = f"{table_name}_b"
+    pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, updated_at int NOT NULL)")
+    pg.execute(f"INSERT INTO {table_name} SELECT g, g FROM generate_series(1, 30) g")
+    pg.execute(f"CREATE TABLE {other} (code text PRIMARY KEY)")
+    pg.execute(f"INSERT INTO {other} SELECT 'c' || g FROM generate_series(1, 7) g")
+    tables = [{"table": table_name, "cursor": "updated_at", "primary_key": "id"}, other]
+    secrets = secrets_for(pg, table_name)
+    del secrets["table"], secrets["cursor"], secrets["primary_key"]
+    secrets["tables"] = json.dumps(tables)
+    caplog.set_level("INFO", logger=lf.logger.name)
+    _, objects, _ = s3_sync(s3_env, secrets)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if '"batch"' in r.getMessage()]
+    assert [line["table_rows"] for line in lines] == [
+        {d: len(rows) for d, rows in o["insert"].items()} for o in objects
+    ]
+    assert sum(line["table_rows"].get(table_name, 0) for line in lines) == 30
+    assert sum(line["table_rows"].get(other, 0) for line in lines) == 7
+    assert all(line["rows"] == sum(line["table_rows"].values()) for line in lines)
