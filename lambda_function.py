@@ -3330,6 +3330,7 @@ MAX_PARTS = 10_000  # S3's limit: with 8 MiB parts an object holds at most 80 Gi
 MAX_S3_OBJECT_BYTES = PART_BYTES * MAX_PARTS
 DEFAULT_S3_MAX_BYTES = 256 * 1024 * 1024  # the s3_max_bytes setting's default
 S3_READ_BYTES = 8 * 1024 * 1024  # server row bytes one page keeps in memory, syncing to S3
+S3_DELETE_BYTES = 8 * 1024 * 1024  # deletes one S3 object holds at most (kept in memory)
 S3_FINISH_MS = 15_000  # kept free at the end of an S3 invocation to upload the last part
 MIN_S3_MAX_BYTES = 1024 * 1024
 MAX_S3_MAX_BYTES = 10 * 1024 * 1024 * 1024  # well inside MAX_S3_OBJECT_BYTES
@@ -4188,8 +4189,10 @@ class Response:
         had = 2 if self.delete_bytes.get(destination) else 0
         if self.stream is not None:
             opening = 0 if destination in self.deletes else len(_escape(destination)) + 4
-            used = self.stream.bytes_written + self._stream_deletes_size() + 64 + opening
-            return self.config.max_response_bytes - used - had
+            held = self._stream_deletes_size()
+            used = self.stream.bytes_written + held + 64 + opening
+            # Deletes wait in memory until the rows are written: at most S3_DELETE_BYTES.
+            return min(self.config.max_response_bytes - used, S3_DELETE_BYTES - held) - had
         opening = 0
         if destination not in self.deletes:
             before = self._skeleton_size()
