@@ -1335,18 +1335,7 @@ def keyset_condition(
     b = y AND c > z))``, inclusive adds ``OR (a = x AND b = y AND c = z)``. The redundant
     ``a >= x`` lets the database skip to the range.
     """
-    params: dict[str, str | None] = {}
-    equal: list[str] = []
-    terms: list[str] = []
-    for i, (column, value) in enumerate(zip(order, after, strict=True)):
-        if value is not None:
-            params[f"v{i}"] = value
-        greater, same = _compare(column, value, f"v{i}")
-        terms.append("(" + " AND ".join([*equal, greater]) + ")")
-        equal.append(same)
-    if inclusive:
-        terms.append("(" + " AND ".join(equal) + ")")
-    condition = " OR ".join(terms)
+    condition, params = _lexicographic(order, after, _compare, "v", inclusive)
     if after[0] is not None:
         condition = (
             f"{quote_identifier(order[0].name)} >= {_bound(order[0], 'v0')} AND ({condition})"
@@ -1371,17 +1360,31 @@ def upto_condition(
 ) -> tuple[str, dict[str, str | None]]:
     """Rows sorting at or before ``until`` in ``order`` (NULLs first), without row
     constructors: for (a, b) and (x, y), ``a < x OR (a = x AND b < y) OR (a = x AND b = y)``."""
+    return _lexicographic(order, until, _compare_before, "u", inclusive=True)
+
+
+def _lexicographic(
+    order: Sequence[Column],
+    values: Sequence[str | None],
+    compare: Callable[[Column, str | None, str], tuple[str, str]],
+    prefix: str,
+    inclusive: bool,
+) -> tuple[str, dict[str, str | None]]:
+    """The rows that ``compare`` (strictly after, or strictly before) puts on one side of
+    ``values`` in ``order``, as an OR of ANDs with bound parameters ``prefix0``...; with
+    ``inclusive``, also the rows equal to them."""
     params: dict[str, str | None] = {}
     equal: list[str] = []
     terms: list[str] = []
-    for i, (column, value) in enumerate(zip(order, until, strict=True)):
+    for i, (column, value) in enumerate(zip(order, values, strict=True)):
         if value is not None:
-            params[f"u{i}"] = value
-        before, same = _compare_before(column, value, f"u{i}")
-        if before != "FALSE":
-            terms.append("(" + " AND ".join([*equal, before]) + ")")
+            params[f"{prefix}{i}"] = value
+        strict, same = compare(column, value, f"{prefix}{i}")
+        if strict != "FALSE":  # nothing sorts before a NULL (NULLs first)
+            terms.append("(" + " AND ".join([*equal, strict]) + ")")
         equal.append(same)
-    terms.append("(" + " AND ".join(equal) + ")")
+    if inclusive:
+        terms.append("(" + " AND ".join(equal) + ")")
     return " OR ".join(terms), params
 
 

@@ -90,17 +90,9 @@ def run_sync(secrets: dict[str, Any], state: dict[str, Any]) -> tuple[SyncFigure
 
 
 def _secrets(server: PostgresServer, tables: list[dict[str, Any]], **extra: str) -> dict[str, Any]:
-    secrets: dict[str, Any] = {
-        "host": server.host,
-        "port": str(server.port),
-        "dbname": server.database,
-        "user": server.user,
-        "password": server.password,
-        "sslmode": "disable",
-        "tables": json.dumps(tables),
-    }
-    secrets.update(extra)
-    return secrets
+    from bench_full import secrets_for  # (this module is bench_full's)
+
+    return secrets_for(server, {"tables": json.dumps(tables), **extra})
 
 
 def state_figures(

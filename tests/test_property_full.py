@@ -32,6 +32,7 @@ from helpers import ROOT, check_response, secrets_for
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from test_property import BULK_SETTINGS
+from test_property import admin as admin  # a fixture: one setup connection per module
 
 import lambda_function as lf
 
@@ -88,13 +89,6 @@ def cases(draw: Any) -> Case:
         deletes=draw(st.sampled_from(["soft", "hard"])),
         steps=steps,
     )
-
-
-@pytest.fixture(scope="module")
-def admin(pg: Any) -> Iterator[pg8000.native.Connection]:
-    con = pg.connect()
-    yield con
-    con.close()
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +249,10 @@ def run_case(pg: Any, con: pg8000.native.Connection, bucket: str, case: Case) ->
 @FULL_SETTINGS
 @given(case=cases())
 def test_full_tables_equal_their_source_with_parts_key_stores_and_hidden_tables(
-    pg, admin, bucket, case
+    pg,
+    admin,
+    bucket,
+    case,
 ):
     with (
         mock.patch.object(lf, "INLINE_PART_KEYS", case.part_keys),
