@@ -5,7 +5,8 @@ the core of a Connector SDK connector). Each invocation reads the next slice of 
 tables, each in (cursor..., primary key...) order with a keyset query (or, for a full-refresh
 table, in key order, finding the rows that disappeared), and returns it as Fivetran's JSON
 response (``state``, ``insert``, ``delete``, ``schema``, ``hasMore``), or writes it to the S3
-object Fivetran names. See docs/configuration.md for the settings and docs/how-it-works.md for how it works.
+object Fivetran names. See docs/configuration.md for the settings and docs/how-it-works.md for
+how it works.
 
 Map, top to bottom (everything above "Credentials" is pure):
 
@@ -117,7 +118,8 @@ OID_SUPER, OID_VARBYTE, OID_GEOMETRY, OID_GEOGRAPHY, OID_HLLSKETCH = 4000, 6551,
 # Types whose values are text by nature: char, name, text, bpchar, varchar ("char" is 18).
 TEXT_OIDS = frozenset({18, 19, 25, 1042, 1043})
 
-# The settings (the connector's secrets): name -> one-line meaning. docs/configuration.md's table lists them.
+# The settings (the connector's secrets): name -> one-line meaning. docs/configuration.md's
+# table lists them.
 SETTINGS: dict[str, str] = {
     "host": "Redshift endpoint host name",
     "port": "port",
