@@ -14,13 +14,16 @@ Map, top to bottom (everything above "Credentials" is pure):
 - Configuration: every setting validated up front; TableSpec per table
 - State: version 2, an entry per destination table; KeySet for full-refresh tables
 - SQL building: keyset pages, tie groups, catalog and session statements
-- Value encoding: one Codec per base type (decode, JSON size, position text, orderability,
-  tie comparison)
-- Batch assembly, the pager: ``read_batch`` reads one table's pages from a position under a
-  byte budget, settles the end of the batch with the database, streams to a sink if given
+- Value encoding: one Codec per base type (decode, JSON text, position text, orderability,
+  tie comparison); the row transcoders generated from it per column layout (a DataRow's
+  bytes straight to the row's JSON text)
+- Batch assembly, the pager: ``read_batch`` (a ``_Pager``) reads one table's pages from a
+  position under a byte budget, settles the end of the batch with the database, streams to a
+  sink if given
 - Credentials: ``login_credentials`` (password, or temporary IAM credentials from AWS)
 - Database I/O: the wire protocol (one round trip per query, rows streamed in chunks under
-  a byte cap), ``Source`` (one read-only REPEATABLE READ session), catalog lookup
+  a byte cap; pg8000's internals only through ``PgWire``), ``Source`` (one read-only
+  REPEATABLE READ session, set up in one round trip), catalog lookup
 - S3 output: ``S3Upload`` and ``JsonObjectStream`` for Fivetran's sync through S3
 - Batch assembly across tables, the outputs: ``Response`` (the Lambda response, or the S3
   object's rows and the small returned response), ``serve_table``, full-refresh deletes
@@ -1354,12 +1357,13 @@ class Codec:
     position: Callable[[Any], str] = str
     orderable: bool = True
     loosen: Callable[[JSONValue], JSONValue] = _loose_text
+    ascii: bool = False  # the server's text of the type is always ASCII (numbers, dates...)
 
 
 _QUOTED = "'\"' + v + '\"'"  # text the server writes with nothing to escape (digits, dates)
-_EXACT_TEXT = Codec(json=_QUOTED, loosen=_same)
-_INTEGER = Codec(decode=int, json="v", loosen=_same)
-_FLOAT = Codec(decode=_float_in, json="_float_json(v)", orderable=False, loosen=_same)
+_EXACT_TEXT = Codec(json=_QUOTED, loosen=_same, ascii=True)
+_INTEGER = Codec(decode=int, json="v", loosen=_same, ascii=True)
+_FLOAT = Codec(_float_in, "_float_json(v)", orderable=False, loosen=_same, ascii=True)
 _JSON = Codec(decode=_json_in, orderable=False, loosen=_same)
 CODECS: dict[int, Codec] = {
     OID_BOOL: Codec(
@@ -1367,6 +1371,7 @@ CODECS: dict[int, Codec] = {
         "('true' if v == 't' else 'false')",
         lambda v: "true" if v else "false",
         loosen=_same,
+        ascii=True,
     ),
     OID_INT2: _INTEGER,
     OID_INT4: _INTEGER,
@@ -1374,12 +1379,13 @@ CODECS: dict[int, Codec] = {
     OID_OID: _INTEGER,
     OID_FLOAT4: _FLOAT,
     OID_FLOAT8: _FLOAT,
-    OID_NUMERIC: Codec(json=_QUOTED, loosen=_loose_numeric),  # exact: the server's digits
+    OID_NUMERIC: Codec(json=_QUOTED, loosen=_loose_numeric, ascii=True),  # the server's digits
     OID_TIMESTAMP: Codec(
         _timestamp_in,
         "('\"' + (v.replace(' ', 'T', 1) if v[-3:] != ' BC' else v) + '\"')",
         _timestamp_position,
         loosen=_same,
+        ascii=True,
     ),
     OID_TIMESTAMPTZ: Codec(
         _timestamptz_in,
@@ -1387,12 +1393,13 @@ CODECS: dict[int, Codec] = {
         "v[10] == ' ' else '\"' + _timestamp_in(v) + '\"')",
         _timestamptz_position,
         loosen=_same,
+        ascii=True,
     ),
     OID_DATE: _EXACT_TEXT,
     1083: _EXACT_TEXT,  # time
     2950: _EXACT_TEXT,  # uuid
-    OID_INTERVAL: Codec(loosen=lambda v: v is None),  # '1 day' = '24:00:00': the server says
-    OID_BYTEA: Codec(_bytea_in, "_bytea_json(v)", _bytea_position, loosen=_same),
+    OID_INTERVAL: Codec(loosen=lambda v: v is None, ascii=True),  # '1 day' = '24:00:00'
+    OID_BYTEA: Codec(_bytea_in, "_bytea_json(v)", _bytea_position, loosen=_same, ascii=True),
     OID_JSON: _JSON,
     OID_JSONB: _JSON,
 }
@@ -1462,39 +1469,32 @@ def _transcoder_source(
         (style.escape(n) + style.colon).replace("%", "%%") + "%s" for n in names
     )
     bound = "unpack=unpack, _esc=_esc, _enc=_enc, len=len, str=str, " + "".join(
-        f"_decode{at}=_decode{at}, " for at in range(len(oids))
+        f"_decode{at}=_decode{at}" + ", " for at in range(len(oids))
     )
-    lines = []
-    for ascii_only in (False, True):  # the general function first: the fast one calls it
+    # The payload as Latin-1: one character per byte, so the length headers' offsets hold;
+    # a value of a type whose text may not be ASCII is decoded again as UTF-8 when it is not.
+    lines = [f"def transcode(data, {bound}):", "    t = data.decode('latin-1')", "    i = 2"]
+    for at, oid in enumerate(oids):
         lines += [
-            f"def {'transcode' if ascii_only else 'slow'}(data, {bound}):",
-            "    if not data.isascii():\n        return slow(data)\n    t = data.decode('ascii')"
-            if ascii_only
-            else "    t = data",
-            "    i = 2",
+            "    n = unpack(data, i)[0]",
+            "    i += 4",
+            "    if n < 0:",
+            f"        j{at} = 'null'" + (f"; r{at} = None" if at in keep else ""),
+            "    else:",
+            "        v = t[i:i + n]",
         ]
-        for at, oid in enumerate(oids):
-            take = "t[i:i + n]" if ascii_only else "str(t[i:i + n], 'utf-8')"
-            lines += [
-                "    n = unpack(data, i)[0]",
-                "    i += 4",
-                "    if n < 0:",
-                f"        j{at} = 'null'" + (f"; r{at} = None" if at in keep else ""),
-                "    else:",
-                f"        v = {take}",
-                "        i += n",
-                f"        j{at} = {_value_expression(oid, at)}",
-            ]
-            if at in keep:
-                lines.append(f"        r{at} = v")
-        values = ", ".join(f"j{at}" for at in range(len(oids)))
-        kept = "".join(f"r{at}, " for at in keep)
-        size = "len(s)" if ascii_only and style.name == "lambda" else "_utf8_size(s)"
-        lines += [
-            f"    s = {'{' + members + '}'!r} % ({values},)",
-            f"    return (s, {size}, ({kept}))",
-            "",
-        ]
+        if not codec(oid).ascii:
+            lines.append("        if not v.isascii():\n            v = str(data[i:i + n], 'utf-8')")
+        lines += ["        i += n", f"        j{at} = {_value_expression(oid, at)}"]
+        if at in keep:
+            lines.append(f"        r{at} = v")
+    values = ", ".join(f"j{at}" for at in range(len(oids)))
+    kept = "".join(f"r{at}, " for at in keep)
+    size = "len(s)" if style.name == "lambda" else "_utf8_size(s)"  # lambda: ASCII only
+    lines += [
+        f"    s = {'{' + members + '}'!r} % ({values},)",
+        f"    return (s, {size}, ({kept}))",
+    ]
     return "\n".join(lines)
 
 

@@ -54,7 +54,9 @@ SAMPLES: dict[int, list[str]] = {
         '"x"',
     ],
     lf.OID_JSONB: ['{"a": {"b": [true, {}]}}', "-0.0"],
-    25: ['ü€😀\n"\\\x7f', "", "a%sb%%", "plain"],
+    # Past 127 bytes a length header has bytes >= 0x80: the ASCII fast path must not be
+    # fooled by them (nor by a NULL's -1).
+    25: ['ü€😀\n"\\\x7f', "", "a%sb%%", "plain", "é" * 100, "x" * 300 + "ü", "y" * 40_000],
     1043: ["varchar é"],
     UNKNOWN_OID: ["{1,2}", "happy"],
 }
