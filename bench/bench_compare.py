@@ -193,9 +193,11 @@ def build_report(
     out += [
         "",
         f"Rows scanned per row delivered over a full sync (`seq_tup_read`, default settings, a "
-        f"copy of the narrow table with no index on the cursor): {scanned:.1f}. Each page's "
-        "query scans the table from the start, because nothing orders it by the cursor; with a "
-        "sort key (an index here) on the cursor a page reads only its own rows.",
+        f"copy of the narrow table with no index on the cursor): {scanned:.1f}. With nothing "
+        "ordering the table by the cursor, every page's query reads the whole table (a "
+        "sequential scan, then a top-N sort), so a full sync reads the table once per page; "
+        "with an index (on Redshift: the cursor as the leading sort key) a page reads little "
+        "more than its own rows.",
         "",
     ]
     return "\n".join(out)
