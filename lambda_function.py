@@ -1430,8 +1430,8 @@ def position_text(type_oid: int, value: JSONValue) -> str | None:
 # A row never becomes Python values: one function per column layout and output style,
 # generated from the codec table, unpacks every value inline and formats the row's JSON text
 # in one go (the general path, decode then encode, is what each codec's ``json`` must equal).
-# It returns the text, its exact UTF-8 size and the server's text of the columns the pager
-# needs (order and key columns), which are decoded only where a position or key is needed.
+# It returns the row's JSON text, nothing else: the few values the pager needs (the order
+# columns of a page's last row, of tied rows, the keys of a full table) are read back from it.
 
 
 @dataclass(frozen=True)
@@ -1444,9 +1444,9 @@ class JsonStyle:
     colon: str  # between a name and its value
     escape: Callable[[str], str]
     encode: Callable[[Any], str]
+    size: Callable[[str], int]  # a text's exact UTF-8 bytes
 
 
-EncodedRow = tuple[str, int, tuple[str | None, ...]]  # JSON text, UTF-8 bytes, kept texts
 RowReader = Callable[[bytes], Any]
 
 
@@ -1462,9 +1462,7 @@ def _value_expression(type_oid: int, at: int) -> str:
     return "_esc(v)" if c.decode is str else f"_enc(_decode{at}(v))"
 
 
-def _transcoder_source(
-    oids: Sequence[int], names: Sequence[str], keep: Sequence[int], style: JsonStyle
-) -> str:
+def _transcoder_source(oids: Sequence[int], names: Sequence[str], style: JsonStyle) -> str:
     members = style.item.join(
         (style.escape(n) + style.colon).replace("%", "%%") + "%s" for n in names
     )
@@ -1479,34 +1477,27 @@ def _transcoder_source(
             "    n = unpack(data, i)[0]",
             "    i += 4",
             "    if n < 0:",
-            f"        j{at} = 'null'" + (f"; r{at} = None" if at in keep else ""),
+            f"        j{at} = 'null'",
             "    else:",
             "        v = t[i:i + n]",
         ]
         if not codec(oid).ascii:
             lines.append("        if not v.isascii():\n            v = str(data[i:i + n], 'utf-8')")
         lines += ["        i += n", f"        j{at} = {_value_expression(oid, at)}"]
-        if at in keep:
-            lines.append(f"        r{at} = v")
     values = ", ".join(f"j{at}" for at in range(len(oids)))
-    kept = "".join(f"r{at}, " for at in keep)
-    size = "len(s)" if style.name == "lambda" else "_utf8_size(s)"  # lambda: ASCII only
-    lines += [
-        f"    s = {'{' + members + '}'!r} % ({values},)",
-        f"    return (s, {size}, ({kept}))",
-    ]
+    lines.append(f"    return {'{' + members + '}'!r} % ({values},)")
     return "\n".join(lines)
 
 
-_transcoders: dict[tuple[Any, ...], Callable[[bytes], EncodedRow]] = {}
+_transcoders: dict[tuple[Any, ...], Callable[[bytes], str]] = {}
 
 
 def row_transcoder(
-    oids: Sequence[int], names: Sequence[str], keep: Sequence[int], style: JsonStyle
-) -> Callable[[bytes], EncodedRow]:
-    """The function turning a DataRow message's payload of this column layout into
-    (the row's JSON object text, its UTF-8 bytes, the server's texts of columns ``keep``)."""
-    cache_key = (tuple(oids), tuple(names), tuple(keep), style.name)
+    oids: Sequence[int], names: Sequence[str], style: JsonStyle
+) -> Callable[[bytes], str]:
+    """The function turning a DataRow message's payload of this column layout into the row's
+    JSON object text, in ``style`` (its exact size: ``style.size``)."""
+    cache_key = (tuple(oids), tuple(names), style.name)
     found = _transcoders.get(cache_key)
     if found is None:
         namespace: dict[str, Any] = {
@@ -1516,7 +1507,7 @@ def row_transcoder(
             "_enc": style.encode,
             **{f"_decode{at}": codec(oid).decode for at, oid in enumerate(oids)},
         }
-        exec(_transcoder_source(oids, names, keep, style), namespace)  # noqa: S102
+        exec(_transcoder_source(oids, names, style), namespace)  # noqa: S102
         found = _transcoders[cache_key] = namespace["transcode"]
     return found
 
@@ -1553,8 +1544,8 @@ _escape: Callable[[str], str] = json.encoder.encode_basestring_ascii
 # column's "\ud800") is not encodable: backslashreplace writes it as the JSON escape \ud800,
 # which reads back the same.
 _s3_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-LAMBDA_JSON = JsonStyle("lambda", ", ", ": ", _escape, _encode)
-S3_JSON = JsonStyle("s3", ",", ":", json.encoder.encode_basestring, _s3_encode)
+LAMBDA_JSON = JsonStyle("lambda", ", ", ": ", _escape, _encode, len)  # ASCII only
+S3_JSON = JsonStyle("s3", ",", ":", json.encoder.encode_basestring, _s3_encode, _utf8_size)
 
 
 def json_size(value: JSONValue) -> int:
@@ -1577,7 +1568,7 @@ class Batch:
 @dataclass(frozen=True)
 class Page:
     """The rows of one query, in result order, as its row reader made them (value lists, or
-    ``EncodedRow``s). When ``complete`` is false the read stopped at its byte cap: the rows are
+    JSON texts). When ``complete`` is false the read stopped at its byte cap: the rows are
     a prefix of the result, and the last one is only a look-ahead."""
 
     rows: list[Any]
@@ -1662,8 +1653,9 @@ def read_batch(
 
 
 class _Pager:
-    """One ``read_batch``: the rows kept so far (``EncodedRow``s: JSON text, size, the order
-    columns' server texts), the bytes they take with their separators, what the sink took."""
+    """One ``read_batch``: the rows kept so far (their JSON texts), the bytes they take with
+    their separators, what the sink took. The few values it needs of a row (order columns,
+    keys) it reads back from the row's JSON: the decoded values, as the codecs make them."""
 
     def __init__(
         self,
@@ -1677,26 +1669,23 @@ class _Pager:
         self.fetch, self.plan, self.previous, self.config = fetch, plan, previous, config
         self.overhead, self.style = overhead, style
         self.order = plan.order
-        names = [c.name for c in plan.columns]
-        at = {name: i for i, name in enumerate(names)}
-        self.keep = [at[c.name] for c in self.order]  # the order columns' places in a row
-        order_names = [c.name for c in self.order]
-        self.key_at = [order_names.index(k) for k in plan.primary_key]
-        self.decoders = [codec(c.type_oid).decode for c in self.order]
+        self.names = [c.name for c in plan.columns]
+        self.order_names = [c.name for c in self.order]
+        self.key_at = [self.order_names.index(k) for k in plan.primary_key]
         self.loosen = [codec(c.type_oid).loosen for c in self.order]
-        self.names = names
+        self.size = style.size
         self.base = TableState(plan.source, plan.cursor, plan.primary_key)
         self.annotate: Callable[[TableState, list[Key]], TableState] | None = None
         self.sink: Callable[[list[str]], None] | None = None
         self.max_read_bytes: int | None = None
         self.with_keys = False
         self.budget = 0  # bytes for the rows with their ", " separators (+ 2: the first has none)
-        self.rows: list[EncodedRow] = []
+        self.rows: list[str] = []
         self.used = self.pages = self.flushed = 0  # flushed: rows already handed to the sink
-        self.last_flushed: EncodedRow | None = None
-        self.lookahead: EncodedRow | None = None  # the first row after the batch, when known
+        self.last_flushed: str | None = None
+        self.lookahead: str | None = None  # the first row after the batch, when known
         self.exhausted = self.has_more = self.shrinking = False
-        self.groups: dict[tuple[str | None, ...], list[EncodedRow] | None] = {}
+        self.groups: dict[tuple[JSONValue, ...], list[str] | None] = {}
 
     # -- rows: their order values, decoded only here ------------------------------------------
 
@@ -1706,22 +1695,22 @@ class _Pager:
                 f"reading rows: the server sent {len(oids)} columns for the "
                 f"{len(self.names)} of table {self.plan.source}"
             )
-        return row_transcoder(oids, self.names, self.keep, self.style)
+        return row_transcoder(oids, self.names, self.style)
 
-    def values(self, row: EncodedRow) -> tuple[JSONValue, ...]:
-        return tuple(
-            None if t is None else d(t) for d, t in zip(self.decoders, row[2], strict=True)
-        )
+    def values(self, row: str) -> tuple[JSONValue, ...]:
+        """The order columns' values of a row (as the codecs decode them)."""
+        members = json.loads(row)
+        return tuple(members[name] for name in self.order_names)
 
-    def loose(self, row: EncodedRow) -> tuple[JSONValue, ...]:
+    def loose(self, row: str) -> tuple[JSONValue, ...]:
         return tuple(f(v) for f, v in zip(self.loosen, self.values(row), strict=True))
 
-    def position(self, row: EncodedRow) -> tuple[str | None, ...]:
+    def position(self, row: str) -> tuple[str | None, ...]:
         return tuple(
             position_text(c.type_oid, v) for c, v in zip(self.order, self.values(row), strict=True)
         )
 
-    def keys(self, rows: Sequence[EncodedRow]) -> list[Key]:
+    def keys(self, rows: Sequence[str]) -> list[Key]:
         if not self.with_keys:
             return []
         at = self.key_at
@@ -1786,17 +1775,17 @@ class _Pager:
         self.pages += 1
         return page
 
-    def take(self, values: list[EncodedRow]) -> bool:
+    def take(self, values: list[str]) -> bool:
         """Keep the rows of a page that fit the budget; False when one did not (it is then
         the look-ahead)."""
-        used, budget = self.used, self.budget
+        used, budget, size = self.used, self.budget, self.size
         for fit, row in enumerate(values):
-            if used + row[1] + 2 > budget:
+            used += size(row) + 2
+            if used > budget:
                 self.rows += values[:fit]
-                self.used = used
+                self.used = used - size(row) - 2
                 self.lookahead = row
                 return False
-            used += row[1] + 2
         self.rows += values
         self.used = used
         return True
@@ -1811,7 +1800,7 @@ class _Pager:
         if self.sink is None or keep <= 0:
             return
         out, self.rows = rows[:keep], rows[keep:]  # ``used`` still counts them: the batch's
-        self.sink([row[0] for row in out])
+        self.sink(out)
         if self.annotate is not None:  # the flushed rows' part of the state, e.g. their keys
             self.base = self.annotate(self.base, self.keys(out))
         self.flushed += len(out)
@@ -1843,22 +1832,22 @@ class _Pager:
         rows, lookahead = self.rows, self.lookahead
         if not rows or lookahead is None or self.loose(rows[-1]) != self.loose(lookahead):
             return False
-        last = rows[-1][2]
+        last = self.values(rows[-1])
         if last not in self.groups:  # read at most what one page may keep: memory is bounded
             sql, params = build_group_sql(self.plan, self.position(rows[-1]))
             page = self.read_page(sql, params, self.read_cap(self.budget))
             self.groups[last] = page.rows if page.complete else None
         group = self.groups[last]
-        members = {row[2] for row in group or ()}
-        if group is not None and lookahead[2] not in members:
+        members = {self.values(row) for row in group or ()}
+        if group is not None and self.values(lookahead) not in members:
             return False
         first_out = lookahead
-        while rows and (group is None or rows[-1][2] in members):
+        while rows and (group is None or self.values(rows[-1]) in members):
             if group is None and self.loose(rows[-1]) != self.loose(first_out):
                 break
             first_out = rows.pop()
-            self.used -= first_out[1] + 2
-        group_bytes = sum(row[1] + 2 for row in group or ())
+            self.used -= self.size(first_out) + 2
+        group_bytes = sum(self.size(row) + 2 for row in group or ())
         if (
             group is not None
             and not self.shrinking
@@ -1922,7 +1911,7 @@ class _Pager:
         excess = self.overhead(state) + self.used - 2 - self.config.max_response_bytes
         if excess <= 0:  # exact, with the state
             return Batch(
-                rows=[row[0] for row in rows],
+                rows=list(rows),
                 state=state,
                 has_more=self.has_more,
                 row_bytes=self.used - 2,
@@ -1937,8 +1926,8 @@ class _Pager:
         given = 0
         while rows and given < excess:
             self.lookahead, self.has_more = rows.pop(), True
-            self.used -= self.lookahead[1] + 2
-            given += self.lookahead[1] + 2
+            self.used -= self.size(self.lookahead) + 2
+            given += self.size(self.lookahead) + 2
         return None
 
 
@@ -3763,8 +3752,9 @@ def returns_bytes(environ: Mapping[str, str]) -> bool:
 def lambda_handler(request: Any, context: Any) -> dict[str, Any] | bytes:
     """Return the next batch of the configured tables as Fivetran's response: the JSON
     document as bytes under the Lambda runtime, else (or with the bytes turned off) a dict."""
+    as_bytes = returns_bytes(os.environ)  # a bad setting fails before any work
     document = invoke(request, time_left_ms=_remaining_ms(context))
-    if returns_bytes(os.environ):
+    if as_bytes:
         return document
     result: dict[str, Any] = json.loads(document)
     return result

@@ -79,12 +79,12 @@ def data_rows(rows: list[dict[str, object]]) -> list[bytes]:
 
 
 def transcoded(messages: list[bytes], names: list[str]) -> int:
-    transcode = s3o.row_transcoder(OIDS, names, [0], s3o.S3_JSON)
+    transcode = s3o.row_transcoder(OIDS, names, s3o.S3_JSON)
     sink = Sink()
     stream = s3o.JsonObjectStream(sink)
     stream.begin_table("orders")
     for start in range(0, len(messages), PAGE):
-        stream.rows([transcode(m)[0] for m in messages[start : start + PAGE]])
+        stream.rows([transcode(m) for m in messages[start : start + PAGE]])
     stream.end_table()
     return stream.finish()
 
