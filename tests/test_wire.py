@@ -52,3 +52,48 @@ def test_another_pg8000_version_fails_the_connection_clearly(pg: Any, monkeypatc
     with pytest.raises(lf.SourceError, match=r"pg8000 1\.99\.0 is not a version"):
         source.__enter__()
     assert source.con is None
+
+
+def test_the_session_is_set_up_in_one_round_trip(pg: Any, monkeypatch: Any) -> None:
+    """Regression (issue 18): the set-up took five queries in separate round trips (search
+    path, settings, optional settings, BEGIN, each with its timeout); now one write and the
+    answers to it, and the session is set as before."""
+    sends: list[int] = []
+    send = lf.PgWire.send
+
+    def counting(self: Any, data: bytes | bytearray) -> None:
+        sends.append(len(data))
+        send(self, data)
+
+    monkeypatch.setattr(lf.PgWire, "send", counting)
+    config = lf.parse_config(secrets_for(pg, "t"))
+    with lf.Source(config, time.monotonic() + 60) as source:
+        assert len(sends) == 1
+        assert source.search_path == ["public"]
+        settings = source.query(
+            "test",
+            "SELECT current_setting('search_path'), "
+            "current_setting('bytea_output'), current_setting('TimeZone'), "
+            "current_setting('transaction_read_only')",
+            {},
+        ).rows
+        assert settings == [["pg_catalog", "hex", "UTC", "on"]]
+
+
+def test_an_optional_setting_the_server_lacks_fails_alone(pg: Any, monkeypatch: Any) -> None:
+    """A setting the server does not know (as Redshift knows no bytea_output) is skipped; the
+    other optional settings, sent in the same round trip, still apply."""
+    monkeypatch.setattr(
+        lf,
+        "OPTIONAL_SESSION_SETTINGS",
+        {"no_such_setting": "x", "bytea_output": "hex", "intervalstyle": "postgres"},
+    )
+    config = lf.parse_config(secrets_for(pg, "t"))
+    with lf.Source(config, time.monotonic() + 60) as source:
+        rows = source.query(
+            "test", "SELECT current_setting('bytea_output'), current_setting('IntervalStyle')", {}
+        ).rows
+        assert rows == [["hex", "postgres"]]
+    monkeypatch.setattr(lf, "SESSION_SETTINGS", {**lf.SESSION_SETTINGS, "no_such_setting": "x"})
+    with pytest.raises(lf.SourceError, match="starting the session"):
+        lf.Source(config, time.monotonic() + 60).__enter__()
