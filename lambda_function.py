@@ -15,14 +15,17 @@ Map, top to bottom (everything above "Credentials" is pure):
 - Configuration: every setting validated up front; TableSpec per table
 - State: version 2, an entry per destination table; KeySet for full-refresh tables
 - SQL building: keyset pages, tie groups, catalog and session statements
-- Value encoding: one Codec per base type (decode, JSON size, position text, orderability,
-  tie comparison)
-- Batch assembly, the pager: ``read_batch`` reads one table's pages from a position under a
-  byte budget, settles the end of the batch with the database, streams to a sink if given
+- Value encoding: one Codec per base type (decode, JSON text, position text, orderability,
+  tie comparison); the row transcoders generated from it per column layout (a DataRow's
+  bytes straight to the row's JSON text)
+- Batch assembly, the pager: ``read_batch`` (a ``_Pager``) reads one table's pages from a
+  position under a byte budget, settles the end of the batch with the database, streams to a
+  sink if given
 - Credentials: ``login_credentials`` (password, or temporary IAM credentials from AWS)
 - Database I/O: the wire protocol (one round trip per query, rows streamed in chunks under
-  a byte cap), ``RedshiftConnection`` (pg8000 plus Redshift's SHA-256 login), ``Source`` (one
-  read-only REPEATABLE READ session), catalog lookup (late-binding views too)
+  a byte cap; pg8000's internals only through ``PgWire``), ``RedshiftConnection`` (pg8000
+  plus Redshift's SHA-256 login), ``Source`` (one read-only REPEATABLE READ session, set up in
+  one round trip), catalog lookup (late-binding views too; a schema's at once)
 - S3 output: ``S3Upload`` and ``JsonObjectStream`` for Fivetran's sync through S3
 - Batch assembly across tables, the outputs: ``Response`` (the Lambda response, or the S3
   object's rows and the small returned response), ``serve_table``, full-refresh deletes
@@ -34,7 +37,7 @@ Map, top to bottom (everything above "Credentials" is pure):
 from __future__ import annotations
 
 import base64
-import bisect
+import binascii
 import contextlib
 import contextvars
 import fnmatch
@@ -42,7 +45,6 @@ import functools
 import gc
 import hashlib
 import ipaddress
-import itertools
 import json
 import logging
 import math
@@ -1620,6 +1622,17 @@ def _bytea_in(text: str) -> str:
     return text
 
 
+def _float_json(text: str) -> str:
+    value = float(text)
+    return repr(value) if math.isfinite(value) else "null"  # NaN and ±Infinity are not JSON
+
+
+def _bytea_json(text: str) -> str:
+    if text.startswith("\\x"):
+        return '"' + binascii.b2a_base64(bytes.fromhex(text[2:]), newline=False).decode() + '"'
+    return _escape(text)
+
+
 def _json_float(text: str) -> float | str:
     """A JSON number with a fraction or exponent: a float when the float is exactly the number
     written (as its shortest text), else the number's own text, so no digit is lost and no
@@ -1685,44 +1698,68 @@ def _same(value: JSONValue) -> JSONValue:
 class Codec:
     """What the function knows of one base type, in one place.
 
-    ``decode``: the server's text to a JSON value. ``size``: how a value's JSON length is
-    measured (``repr`` for numbers and booleans, whose repr has their JSON's length; ``encode``
-    for JSON documents; ``text`` for strings, by escaping). ``position``: an encoded value back
-    to the server's text, to bind it into the next query. ``orderable``: whether it can page
-    (floats and JSON cannot: NaN, no total order). ``loosen``: a comparison at least as loose
-    as the database's equality, to find rows it may hold equal (text under a collation or with
-    trailing blanks, numeric scales, intervals); exact for types whose encoded values are equal
-    exactly when the database holds them equal.
+    ``decode``: the server's text to a JSON value. ``json``: a Python expression in ``v`` (the
+    server's text) giving the value's JSON text, inlined into the row transcoders generated per
+    column layout (``row_transcoder``); None: the JSON encoder's text of ``decode(v)``. It must
+    give what the encoder gives for ``decode(v)`` (tests/test_transcode.py checks each codec).
+    The expression may use ``_esc`` (the output's string escaper), ``_enc`` (its encoder) and
+    the module's names. ``position``: an encoded value back to the server's text, to bind it
+    into the next query. ``orderable``: whether it can page (floats and JSON cannot: NaN, no
+    total order). ``loosen``: a comparison at least as loose as the database's equality, to
+    find rows it may hold equal (text under a collation or with trailing blanks, numeric
+    scales, intervals); exact for types whose encoded values are equal exactly when the
+    database holds them equal.
     """
 
     decode: Callable[[str], JSONValue] = str
-    size: str = "text"
+    json: str | None = None
     position: Callable[[Any], str] = str
     orderable: bool = True
     loosen: Callable[[JSONValue], JSONValue] = _loose_text
+    ascii: bool = False  # the server's text of the type is always ASCII (numbers, dates...)
 
 
-_EXACT_TEXT = Codec(loosen=_same)
-_INTEGER = Codec(decode=int, size="repr", loosen=_same)
-_FLOAT = Codec(decode=_float_in, size="repr", orderable=False, loosen=_same)
-_JSON = Codec(decode=_json_in, size="encode", orderable=False, loosen=_same)
+_QUOTED = "'\"' + v + '\"'"  # text the server writes with nothing to escape (digits, dates)
+_EXACT_TEXT = Codec(json=_QUOTED, loosen=_same, ascii=True)
+_INTEGER = Codec(decode=int, json="v", loosen=_same, ascii=True)
+_FLOAT = Codec(_float_in, "_float_json(v)", orderable=False, loosen=_same, ascii=True)
+_JSON = Codec(decode=_json_in, orderable=False, loosen=_same)
 _UNORDERED_TEXT = Codec(orderable=False, loosen=_same)  # exact text no bound value can page
 CODECS: dict[int, Codec] = {
-    OID_BOOL: Codec(_bool_in, "repr", lambda v: "true" if v else "false", loosen=_same),
+    OID_BOOL: Codec(
+        _bool_in,
+        "('true' if v == 't' else 'false')",
+        lambda v: "true" if v else "false",
+        loosen=_same,
+        ascii=True,
+    ),
     OID_INT2: _INTEGER,
     OID_INT4: _INTEGER,
     OID_INT8: _INTEGER,
     OID_OID: _INTEGER,
     OID_FLOAT4: _FLOAT,
     OID_FLOAT8: _FLOAT,
-    OID_NUMERIC: Codec(loosen=_loose_numeric),  # exact: the server's digits, never a float
-    OID_TIMESTAMP: Codec(_timestamp_in, position=_timestamp_position, loosen=_same),
-    OID_TIMESTAMPTZ: Codec(_timestamptz_in, position=_timestamptz_position, loosen=_same),
+    OID_NUMERIC: Codec(json=_QUOTED, loosen=_loose_numeric, ascii=True),  # the server's digits
+    OID_TIMESTAMP: Codec(
+        _timestamp_in,
+        "('\"' + (v.replace(' ', 'T', 1) if v[-3:] != ' BC' else v) + '\"')",
+        _timestamp_position,
+        loosen=_same,
+        ascii=True,
+    ),
+    OID_TIMESTAMPTZ: Codec(
+        _timestamptz_in,
+        "('\"' + v[:10] + 'T' + v[11:-3] + 'Z\"' if v[-3:] == '+00' and len(v) > 21 and "
+        "v[10] == ' ' else '\"' + _timestamp_in(v) + '\"')",
+        _timestamptz_position,
+        loosen=_same,
+        ascii=True,
+    ),
     OID_DATE: _EXACT_TEXT,
     1083: _EXACT_TEXT,  # time
     2950: _EXACT_TEXT,  # uuid
-    OID_INTERVAL: Codec(loosen=lambda v: v is None),  # '1 day' = '24:00:00': the server says
-    OID_BYTEA: Codec(_bytea_in, position=_bytea_position, loosen=_same),
+    OID_INTERVAL: Codec(loosen=lambda v: v is None, ascii=True),  # '1 day' = '24:00:00'
+    OID_BYTEA: Codec(_bytea_in, "_bytea_json(v)", _bytea_position, loosen=_same, ascii=True),
     OID_JSON: _JSON,
     OID_JSONB: _JSON,
     # Redshift's types (text forms: redshift_connector's type_utils.py and the AWS
@@ -1759,6 +1796,113 @@ def position_text(type_oid: int, value: JSONValue) -> str | None:
     return None if value is None else codec(type_oid).position(value)
 
 
+# -- Row transcoders: a DataRow's bytes straight to a JSON object's text ----------------------
+#
+# A row never becomes Python values: one function per column layout and output style,
+# generated from the codec table, unpacks every value inline and formats the row's JSON text
+# in one go (the general path, decode then encode, is what each codec's ``json`` must equal).
+# It returns the row's JSON text, nothing else: the few values the pager needs (the order
+# columns of a page's last row, of tied rows, the keys of a full table) are read back from it.
+
+
+@dataclass(frozen=True)
+class JsonStyle:
+    """How rows are written: the Lambda response's form (as ``json.dumps`` writes it, ASCII
+    only) or the S3 object's (compact, UTF-8)."""
+
+    name: str
+    item: str  # between a row's members
+    colon: str  # between a name and its value
+    escape: Callable[[str], str]
+    encode: Callable[[Any], str]
+    size: Callable[[str], int]  # a text's exact UTF-8 bytes
+
+
+RowReader = Callable[[bytes], Any]
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "backslashreplace"))
+
+
+def _value_expression(type_oid: int, at: int) -> str:
+    """The generated code's expression for one value's JSON text, ``v`` its server text."""
+    c = codec(type_oid)
+    if c.json is not None:
+        return c.json
+    return "_esc(v)" if c.decode is str else f"_enc(_decode{at}(v))"
+
+
+def _transcoder_source(oids: Sequence[int], names: Sequence[str], style: JsonStyle) -> str:
+    members = style.item.join(
+        (style.escape(n) + style.colon).replace("%", "%%") + "%s" for n in names
+    )
+    bound = "unpack=unpack, _esc=_esc, _enc=_enc, len=len, str=str, " + "".join(
+        f"_decode{at}=_decode{at}" + ", " for at in range(len(oids))
+    )
+    # The payload as Latin-1: one character per byte, so the length headers' offsets hold;
+    # a value of a type whose text may not be ASCII is decoded again as UTF-8 when it is not.
+    lines = [f"def transcode(data, {bound}):", "    t = data.decode('latin-1')", "    i = 2"]
+    for at, oid in enumerate(oids):
+        lines += [
+            "    n = unpack(data, i)[0]",
+            "    i += 4",
+            "    if n < 0:",
+            f"        j{at} = 'null'",
+            "    else:",
+            "        v = t[i:i + n]",
+        ]
+        if not codec(oid).ascii:
+            lines.append("        if not v.isascii():\n            v = str(data[i:i + n], 'utf-8')")
+        lines += ["        i += n", f"        j{at} = {_value_expression(oid, at)}"]
+    values = ", ".join(f"j{at}" for at in range(len(oids)))
+    lines.append(f"    return {'{' + members + '}'!r} % ({values},)")
+    return "\n".join(lines)
+
+
+_transcoders: dict[tuple[Any, ...], Callable[[bytes], str]] = {}
+
+
+def row_transcoder(
+    oids: Sequence[int], names: Sequence[str], style: JsonStyle
+) -> Callable[[bytes], str]:
+    """The function turning a DataRow message's payload of this column layout into the row's
+    JSON object text, in ``style`` (its exact size: ``style.size``)."""
+    cache_key = (tuple(oids), tuple(names), style.name)
+    found = _transcoders.get(cache_key)
+    if found is None:
+        namespace: dict[str, Any] = {
+            **globals(),
+            "unpack": _INT32.unpack_from,
+            "_esc": style.escape,
+            "_enc": style.encode,
+            **{f"_decode{at}": codec(oid).decode for at, oid in enumerate(oids)},
+        }
+        exec(_transcoder_source(oids, names, style), namespace)  # noqa: S102
+        found = _transcoders[cache_key] = namespace["transcode"]
+    return found
+
+
+def row_decoder(oids: Sequence[int]) -> Callable[[bytes], list[JSONValue]]:
+    """The general path: a DataRow's values decoded one by one (catalog and set-up queries)."""
+    funcs = [ALL_IN_ADAPTERS.get(oid, str) for oid in oids]
+
+    def decode(data: bytes) -> list[JSONValue]:
+        row: list[JSONValue] = []
+        i = 2
+        for func in funcs:
+            size = _INT32.unpack_from(data, i)[0]
+            i += 4
+            if size < 0:
+                row.append(None)
+                continue
+            row.append(func(str(data[i : i + size], "utf-8")))
+            i += size
+        return row
+
+    return decode
+
+
 # ---------------------------------------------------------------------------------------------
 # Batch assembly: rows cut to the byte budget, measured as the response will be serialised
 # ---------------------------------------------------------------------------------------------
@@ -1767,6 +1911,12 @@ def position_text(type_oid: int, value: JSONValue) -> str | None:
 # runtimes and gives the largest size, so sizes measured this way are an upper bound.
 _encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
 _escape: Callable[[str], str] = json.encoder.encode_basestring_ascii
+# Strict, compact JSON as UTF-8, for the S3 object. A lone surrogate (possible in a json
+# column's "\ud800") is not encodable: backslashreplace writes it as the JSON escape \ud800,
+# which reads back the same.
+_s3_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+LAMBDA_JSON = JsonStyle("lambda", ", ", ": ", _escape, _encode, len)  # ASCII only
+S3_JSON = JsonStyle("s3", ",", ":", json.encoder.encode_basestring, _s3_encode, _utf8_size)
 
 
 def json_size(value: JSONValue) -> int:
@@ -1774,56 +1924,33 @@ def json_size(value: JSONValue) -> int:
     return len(_encode(value))
 
 
-def page_sizer(columns: Sequence[Column]) -> Callable[[Sequence[Sequence[JSONValue]]], list[int]]:
-    """A function giving, for a page of rows (as value lists), each row's serialised size
-    plus 2 for its ", " separator: ``json_size(dict(zip(names, values))) + 2``.
-
-    It measures column by column, so the loops run in C rather than once per value in Python.
-    """
-    names = [c.name for c in columns]
-    fixed = 2 + sum(len(_escape(n)) + 4 for n in names)  # {}, '"k": ' and ', ' per column
-    measures: dict[str, Callable[[Any], str] | None] = {"repr": repr, "encode": _encode}
-    kinds = [measures.get(codec(c.type_oid).size) for c in columns]
-
-    def sizes(page: Sequence[Sequence[JSONValue]]) -> list[int]:
-        if not page:
-            return []
-        measured: list[Iterable[int]] = [itertools.repeat(fixed)]
-        for kind, values in zip(kinds, zip(*page, strict=True), strict=True):
-            if kind is not None:
-                measured.append(map(len, map(kind, values)))
-            elif None in values:
-                measured.append([4 if v is None else len(_escape(v)) for v in values])
-            else:
-                measured.append(map(len, map(_escape, values)))
-        return list(map(sum, zip(*measured, strict=False)))  # repeat(fixed) never ends
-
-    return sizes
-
-
 @dataclass(frozen=True)
 class Batch:
     """What one invocation read, independent of the response shape it is sent in."""
 
-    rows: list[Row]
+    rows: list[str]  # the delivered rows' JSON object texts, in the style they were read in
     state: TableState | None  # None: the request's state stands unchanged
     has_more: bool
-    row_bytes: int  # serialised bytes of the rows list's items and separators
+    row_bytes: int  # UTF-8 bytes of the rows with a 2-byte separator between them
     pages: int  # queries it took
+    keys: list[Key] = field(default_factory=list)  # the rows' primary keys (with_keys only)
 
 
 @dataclass(frozen=True)
 class Page:
-    """The rows of one query, in result order. When ``complete`` is false the read stopped at
-    its byte cap: the rows are a prefix of the result, and the last one is only a look-ahead."""
+    """The rows of one query, in result order, as its row reader made them (value lists, or
+    JSON texts). When ``complete`` is false the read stopped at its byte cap: the rows are
+    a prefix of the result, and the last one is only a look-ahead."""
 
-    rows: list[list[JSONValue]]
+    rows: list[Any]
     complete: bool
 
 
+# The reader for a result's rows, given the type OIDs its RowDescription announces.
+ReaderFor = Callable[[Sequence[int]], RowReader]
 # Runs one query in the invocation's read-only transaction, keeping at most about max_bytes of
-# the server's row data (at least two rows).
-Fetch = Callable[[str, dict[str, str | None], int], Page]
+# the server's row data (at least two rows), each row made by the reader.
+Fetch = Callable[[str, dict[str, str | None], int, ReaderFor], Page]
 
 
 def _read_cap(room: int) -> int:
@@ -1860,214 +1987,326 @@ def read_batch(
     overhead: Callable[[TableState], int],
     time_left_ms: Callable[[], float],
     base: TableState | None = None,
-    annotate: Callable[[TableState, list[list[JSONValue]]], TableState] | None = None,
-    sink: Callable[[list[Row]], None] | None = None,
+    annotate: Callable[[TableState, list[Key]], TableState] | None = None,
+    sink: Callable[[list[str]], None] | None = None,
     max_read_bytes: int | None = None,
     shared: bool = False,
     until: tuple[str | None, ...] | None = None,
+    style: JsonStyle = LAMBDA_JSON,
+    with_keys: bool = False,
 ) -> Batch:
     """Read the rows that follow ``previous``, as many as the limit and the byte budget allow.
 
     ``fetch`` runs one query in the invocation's read-only transaction; ``overhead`` gives the
     serialised size of a response that carries a state but no rows (and whatever else the
     response holds). Pages are read until the budget is full, so each response but the last is
-    nearly full. Rows stay value lists until the batch is settled; only the delivered ones
-    become dicts. The batch's state is ``base`` (default: a fresh entry) with the new position,
-    passed through ``annotate`` with the delivered rows (a full table adds their keys).
+    nearly full. Rows arrive as JSON object texts in ``style`` with their exact sizes; only
+    their order columns are ever decoded (for positions, ties and keys). The batch's state is
+    ``base`` (default: a fresh entry) with the new position, passed through ``annotate`` with
+    the primary keys of the delivered rows (a full table adds them); ``with_keys`` also gives
+    those keys in the batch.
 
     With ``sink`` (a streamed output, e.g. an S3 object) the rows that are certainly in the
     batch go to it page by page, so memory holds one page and the run of rows that tie
     loosely with the last one (the only rows the end of the batch can still take back); the
-    batch's ``rows`` are then that tail. ``max_read_bytes`` caps what one page keeps.
-    ``shared``: the response already holds other rows, so when nothing fits the room they left
-    the batch is empty with more to come, not an error. ``until``: no row sorting after it is
-    read (a full table's range); the batch is then complete at the range's end.
+    batch's ``rows`` are then that tail. ``max_read_bytes`` caps what one page, and a group of
+    tied rows, keeps. ``shared``: the response already holds other rows, so when nothing fits
+    the room they left the batch is empty with more to come, not an error. ``until``: no row
+    sorting after it is read (a full table's range); the batch is then complete at the range's
+    end.
     """
-    if base is None:
-        base = TableState(plan.source, plan.cursor, plan.primary_key)
-    order = plan.order
-    names = [c.name for c in plan.columns]
-    at = {c.name: i for i, c in enumerate(plan.columns)}
-    order_at = [at[c.name] for c in order]
-    loosen = [codec(c.type_oid).loosen for c in order]
-    sizes_of = page_sizer(plan.columns)
+    pager = _Pager(fetch, plan, previous, config, overhead, style)
+    pager.base = (
+        base if base is not None else TableState(plan.source, plan.cursor, plan.primary_key)
+    )
+    pager.annotate, pager.sink, pager.max_read_bytes = annotate, sink, max_read_bytes
+    pager.with_keys = with_keys or annotate is not None
+    pager.until = until
+    pager.budget = config.max_response_bytes - overhead(replace(pager.base, after=None)) + 2
+    pager.read_pages(time_left_ms)
+    return pager.settle(shared)
 
-    def loose(values: Sequence[JSONValue]) -> tuple[JSONValue, ...]:
-        return tuple(f(values[i]) for f, i in zip(loosen, order_at, strict=True))
 
-    def position(values: Sequence[JSONValue]) -> tuple[str | None, ...]:
+class _Pager:
+    """One ``read_batch``: the rows kept so far (their JSON texts), the bytes they take with
+    their separators, what the sink took. The few values it needs of a row (order columns,
+    keys) it reads back from the row's JSON: the decoded values, as the codecs make them."""
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        plan: TablePlan,
+        previous: TableState | None,
+        config: Config,
+        overhead: Callable[[TableState], int],
+        style: JsonStyle,
+    ) -> None:
+        self.fetch, self.plan, self.previous, self.config = fetch, plan, previous, config
+        self.overhead, self.style = overhead, style
+        self.order = plan.order
+        self.names = [c.name for c in plan.columns]
+        self.order_names = [c.name for c in self.order]
+        self.key_at = [self.order_names.index(k) for k in plan.primary_key]
+        self.loosen = [codec(c.type_oid).loosen for c in self.order]
+        self.size = style.size
+        self.base = TableState(plan.source, plan.cursor, plan.primary_key)
+        self.annotate: Callable[[TableState, list[Key]], TableState] | None = None
+        self.sink: Callable[[list[str]], None] | None = None
+        self.max_read_bytes: int | None = None
+        self.with_keys = False
+        self.until: tuple[str | None, ...] | None = None  # a full table's range ends there
+        self.budget = 0  # bytes for the rows with their ", " separators (+ 2: the first has none)
+        self.rows: list[str] = []
+        self.used = self.pages = self.flushed = 0  # flushed: rows already handed to the sink
+        self.last_flushed: str | None = None
+        self.lookahead: str | None = None  # the first row after the batch, when known
+        self.exhausted = self.has_more = self.shrinking = False
+        self.groups: dict[tuple[JSONValue, ...], list[str] | None] = {}
+
+    # -- rows: their order values, decoded only here ------------------------------------------
+
+    def reader(self, oids: Sequence[int]) -> RowReader:
+        if len(oids) != len(self.names):
+            raise SourceError(
+                f"reading rows: the server sent {len(oids)} columns for the "
+                f"{len(self.names)} of table {self.plan.source}"
+            )
+        return row_transcoder(oids, self.names, self.style)
+
+    def values(self, row: str) -> tuple[JSONValue, ...]:
+        """The order columns' values of a row (as the codecs decode them)."""
+        members = json.loads(row)
+        return tuple(members[name] for name in self.order_names)
+
+    def loose(self, row: str) -> tuple[JSONValue, ...]:
+        return tuple(f(v) for f, v in zip(self.loosen, self.values(row), strict=True))
+
+    def position(self, row: str) -> tuple[str | None, ...]:
         return tuple(
-            position_text(c.type_oid, values[i]) for c, i in zip(order, order_at, strict=True)
+            position_text(c.type_oid, v) for c, v in zip(self.order, self.values(row), strict=True)
         )
 
-    after, start, lookback_s, inclusive = _resume_point(previous, plan, config)
-    bytes_per_row = previous.bytes_per_row if previous else None
-    # Bytes for the rows with their ", " separators (the first row has none, hence + 2); the
-    # state's position and the exact size are settled at the end.
-    budget = config.max_response_bytes - overhead(replace(base, after=None)) + 2
+    def keys(self, rows: Sequence[str]) -> list[Key]:
+        if not self.with_keys:
+            return []
+        at = self.key_at
+        return [tuple(values[i] for i in at) for values in map(self.values, rows)]
 
-    rows: list[list[JSONValue]] = []
-    sizes: list[int] = []
-    used = pages = 0
-    flushed = 0  # rows already handed to the sink
-    last_flushed: list[JSONValue] | None = None
-
-    def flush() -> None:
-        """Hand the sink every row but the loosely tied run at the end."""
-        nonlocal rows, sizes, flushed, last_flushed, base
-        keep = len(rows) - 1
-        while keep > 0 and loose(rows[keep - 1]) == loose(rows[-1]):
-            keep -= 1
-        if sink is None or keep <= 0:
-            return
-        out, rows, sizes = rows[:keep], rows[keep:], sizes[keep:]
-        assert sink is not None
-        sink(list(map(dict, map(zip, itertools.repeat(names), out))))
-        if annotate is not None:  # the flushed rows' part of the state, e.g. their keys
-            assert base is not None
-            base = annotate(base, out)
-        flushed += len(out)
-        last_flushed = out[-1]
-
-    def read_cap(room: int) -> int:
+    def read_cap(self, room: int) -> int:
         cap = _read_cap(room)
-        return cap if max_read_bytes is None else min(cap, max_read_bytes)
+        return cap if self.max_read_bytes is None else min(cap, self.max_read_bytes)
 
-    lookahead: list[JSONValue] | None = None  # the first row after the batch, when known
-    exhausted = False
-    while True:
-        if pages and time_left_ms() < MIN_TIME_LEFT_MS:
-            break  # deliver what is read; the next invocation goes on from there
-        room = budget - used
-        if bytes_per_row:
-            estimate = int(room / bytes_per_row * PAGE_OVERSHOOT) + 1
-        else:
-            estimate = FIRST_PAGE_ROWS
-        want = min(config.limit - flushed - len(rows), max(estimate, MIN_PAGE_ROWS))
-        if max_read_bytes is not None:  # a streamed batch: pages the size of what is kept
-            want = min(want, max(MIN_PAGE_ROWS, max_read_bytes // (bytes_per_row or 1)))
-        sql, params = build_page_sql(plan, want + 1, after, start, lookback_s, inclusive, until)
+    # -- reading pages -------------------------------------------------------------------------
+
+    def read_pages(self, time_left_ms: Callable[[], float]) -> None:
+        """Read pages until the budget, the limit or the time is used up, or the table ends;
+        leaves ``lookahead`` at the first row not taken, when known."""
+        config = self.config
+        after, start, lookback_s, inclusive = _resume_point(self.previous, self.plan, config)
+        bytes_per_row = self.previous.bytes_per_row if self.previous else None
+        while True:
+            if self.pages and time_left_ms() < MIN_TIME_LEFT_MS:
+                return  # deliver what is read; the next invocation goes on from there
+            room = self.budget - self.used
+            if bytes_per_row:
+                estimate = int(room / bytes_per_row * PAGE_OVERSHOOT) + 1
+            else:
+                estimate = FIRST_PAGE_ROWS
+            want = min(config.limit - self.flushed - len(self.rows), max(estimate, MIN_PAGE_ROWS))
+            if self.max_read_bytes is not None:  # a streamed batch: pages of what is kept
+                want = min(want, max(MIN_PAGE_ROWS, self.max_read_bytes // (bytes_per_row or 1)))
+            sql, params = build_page_sql(
+                self.plan, want + 1, after, start, lookback_s, inclusive, self.until
+            )
+            page = self.read_page(sql, params, self.read_cap(room))  # one more: what follows
+            if page.complete:
+                values = page.rows[:want]
+                self.lookahead = page.rows[want] if len(page.rows) > want else None
+            else:
+                values, self.lookahead = page.rows[:-1], page.rows[-1]
+            if not self.take(values):
+                return
+            if self.lookahead is None:
+                self.exhausted = True
+                return
+            if (
+                not self.rows
+                or self.flushed + len(self.rows) >= config.limit
+                or self.loose(self.rows[-1]) == self.loose(self.lookahead)
+            ):
+                return  # a repeated (cursor, key) may straddle the page end: settled later
+            after = self.position(self.rows[-1])
+            start, lookback_s, inclusive = None, 0, False
+            bytes_per_row = max(1, self.used // (self.flushed + len(self.rows)))
+            self.flush()
+
+    def read_page(self, sql: str, params: dict[str, str | None], cap: int) -> Page:
         try:
-            page = fetch(sql, params, read_cap(room))  # one row more tells what follows
+            page = self.fetch(sql, params, cap, self.reader)
         except SourceError as e:
-            if pages == 0 and params and (e.sqlstate or "").startswith("22"):
+            if self.pages == 0 and params and (e.sqlstate or "").startswith("22"):
                 raise _state_error(
                     "its position values do not fit the types of column(s) "
-                    f"{', '.join(c.name for c in order)} (SQLSTATE {e.sqlstate})"
+                    f"{', '.join(c.name for c in self.order)} (SQLSTATE {e.sqlstate})"
                 ) from None
             raise
-        pages += 1
-        if page.complete:
-            values = page.rows[:want]
-            lookahead = page.rows[want] if len(page.rows) > want else None
-        else:
-            values, lookahead = page.rows[:-1], page.rows[-1]
-        page_sizes = sizes_of(values)  # each with its ", " separator
-        ends = list(itertools.accumulate(page_sizes, initial=used))
-        fit = bisect.bisect_right(ends, budget) - 1  # rows of this page that fit the budget
-        rows.extend(values[:fit])
-        sizes.extend(page_sizes[:fit])
-        used = ends[fit]
-        if fit < len(values):
-            lookahead = values[fit]
-            break
-        if lookahead is None:
-            exhausted = True
-            break
-        if not rows or flushed + len(rows) >= config.limit or loose(rows[-1]) == loose(lookahead):
-            break  # a repeated (cursor, key) may straddle the page end: settled below
-        after = position(rows[-1])
-        start, lookback_s, inclusive = None, 0, False
-        bytes_per_row = max(1, used // (flushed + len(rows)))
-        flush()
+        self.pages += 1
+        return page
 
-    # Settle where the batch ends. Resuming strictly after its last row skips every row the
-    # database holds equal to it (Redshift does not enforce primary keys; collations may ignore
-    # case): such a group is delivered whole or not at all.
-    has_more = not exhausted
-    shrinking = False
-    groups: dict[tuple[JSONValue, ...], list[list[JSONValue]] | None] = {}
-    while True:
-        if rows and lookahead is not None and loose(rows[-1]) == loose(lookahead):
-            last = tuple(rows[-1][i] for i in order_at)
-            if last not in groups:
-                group_page = fetch(*build_group_sql(plan, position(rows[-1])), _read_cap(budget))
-                pages += 1
-                groups[last] = group_page.rows if group_page.complete else None
-            group = groups[last]
-            members = {tuple(r[i] for i in order_at) for r in group or ()}
-            if group is None or tuple(lookahead[i] for i in order_at) in members:
-                first_out = lookahead
-                while rows and (group is None or tuple(rows[-1][i] for i in order_at) in members):
-                    if group is None and loose(rows[-1]) != loose(first_out):
-                        break
-                    first_out = rows.pop()
-                    used -= sizes.pop()
-                group_sizes = sizes_of(group) if group is not None else []
-                if (
-                    group is not None
-                    and not shrinking
-                    and used + sum(group_sizes) <= budget
-                    and (not rows or flushed + len(rows) + len(group) <= config.limit)
-                ):
-                    rows.extend(group)
-                    sizes.extend(group_sizes)
-                    used += sum(group_sizes)
-                    lookahead, has_more = None, True  # what follows differs from the group
-                    continue
-                if not rows and not flushed:
-                    if shared:  # a response of its own may hold them
-                        return Batch(rows=[], state=None, has_more=True, row_bytes=0, pages=pages)
-                    raise SourceError(
-                        f"table {plan.source} has more rows with the same values of "
-                        f"({', '.join(c.name for c in order)}) than fit in one response of "
-                        f"max_response_bytes={config.max_response_bytes}; the primary_key must "
-                        "identify a row for exact paging, or raise max_response_bytes"
-                    )
-                lookahead, has_more = first_out, True
+    def take(self, values: list[str]) -> bool:
+        """Keep the rows of a page that fit the budget; False when one did not (it is then
+        the look-ahead)."""
+        used, budget, size = self.used, self.budget, self.size
+        for fit, row in enumerate(values):
+            used += size(row) + 2
+            if used > budget:
+                self.rows += values[:fit]
+                self.used = used - size(row) - 2
+                self.lookahead = row
+                return False
+        self.rows += values
+        self.used = used
+        return True
+
+    def flush(self) -> None:
+        """Hand the sink every row but the loosely tied run at the end."""
+        rows = self.rows
+        keep = len(rows) - 1
+        last = self.loose(rows[-1]) if rows else ()
+        while keep > 0 and self.loose(rows[keep - 1]) == last:
+            keep -= 1
+        if self.sink is None or keep <= 0:
+            return
+        out, self.rows = rows[:keep], rows[keep:]  # ``used`` still counts them: the batch's
+        self.sink(out)
+        if self.annotate is not None:  # the flushed rows' part of the state, e.g. their keys
+            self.base = self.annotate(self.base, self.keys(out))
+        self.flushed += len(out)
+        self.last_flushed = out[-1]
+
+    # -- settling the end of the batch ----------------------------------------------------------
+
+    def settle(self, shared: bool) -> Batch:
+        """Settle where the batch ends. Resuming strictly after its last row skips every row
+        the database holds equal to it (Redshift does not enforce primary keys; collations may
+        ignore case): such a group is delivered whole or not at all. Then the state is sized
+        exactly, and rows are given back while it does not fit."""
+        self.has_more = not self.exhausted
+        while True:
+            tie = self.settle_tie(shared)
+            if isinstance(tie, Batch):
+                return tie
+            if tie:
                 continue
-        if not rows and not flushed:
-            if lookahead is not None:
-                if shared:  # the room other tables left is too small; a new response is not
-                    return Batch(rows=[], state=None, has_more=True, row_bytes=0, pages=pages)
-                raise _row_too_large(plan, config)
-            # The position stays; a sync that ends on an empty batch is still marked complete,
-            # so the next sync starts as a new one.
-            state = None
-            if previous is not None and previous.source is not None and not previous.complete:
-                state = replace(previous, complete=True)
-            return Batch(rows=[], state=state, has_more=False, row_bytes=0, pages=pages)
-        last_row = rows[-1] if rows else last_flushed
+            if not self.rows and not self.flushed:
+                return self.empty(shared)
+            batch = self.finish()
+            if batch is not None:
+                return batch
+
+    def settle_tie(self, shared: bool) -> Batch | bool:
+        """When the batch ends inside a group of rows the database holds equal, take the whole
+        group in or give its rows back (True: look again); False: no such group."""
+        rows, lookahead = self.rows, self.lookahead
+        if not rows or lookahead is None or self.loose(rows[-1]) != self.loose(lookahead):
+            return False
+        last = self.values(rows[-1])
+        if last not in self.groups:  # read at most what one page may keep: memory is bounded
+            sql, params = build_group_sql(self.plan, self.position(rows[-1]))
+            page = self.read_page(sql, params, self.read_cap(self.budget))
+            self.groups[last] = page.rows if page.complete else None
+        group = self.groups[last]
+        members = {self.values(row) for row in group or ()}
+        if group is not None and self.values(lookahead) not in members:
+            return False
+        first_out = lookahead
+        while rows and (group is None or self.values(rows[-1]) in members):
+            if group is None and self.loose(rows[-1]) != self.loose(first_out):
+                break
+            first_out = rows.pop()
+            self.used -= self.size(first_out) + 2
+        group_bytes = sum(self.size(row) + 2 for row in group or ())
+        if (
+            group is not None
+            and not self.shrinking
+            and self.used + group_bytes <= self.budget
+            and (not rows or self.flushed + len(rows) + len(group) <= self.config.limit)
+        ):
+            rows += group
+            self.used += group_bytes
+            self.lookahead, self.has_more = None, True  # what follows differs from the group
+            return True
+        if not rows and not self.flushed:
+            if shared:  # a response of its own may hold them
+                return Batch(rows=[], state=None, has_more=True, row_bytes=0, pages=self.pages)
+            raise self.group_too_large()
+        self.lookahead, self.has_more = first_out, True
+        return True
+
+    def group_too_large(self) -> SourceError:
+        limit = f"one response of max_response_bytes={self.config.max_response_bytes}"
+        if self.max_read_bytes is not None:
+            limit = f"the {self.max_read_bytes} bytes one read of the S3 sync may hold"
+        return SourceError(
+            f"table {self.plan.source} has more rows with the same values of "
+            f"({', '.join(c.name for c in self.order)}) than fit in {limit}; the primary_key "
+            "must identify a row for exact paging"
+            + ("" if self.max_read_bytes is not None else ", or raise max_response_bytes")
+        )
+
+    def empty(self, shared: bool) -> Batch:
+        """The batch when no row is in it."""
+        if self.lookahead is not None:
+            if shared:  # the room other tables left is too small; a new response is not
+                return Batch(rows=[], state=None, has_more=True, row_bytes=0, pages=self.pages)
+            raise _row_too_large(self.plan, self.config)
+        # The position stays; a sync that ends on an empty batch is still marked complete, so
+        # the next sync starts as a new one.
+        state, previous = None, self.previous
+        if previous is not None and previous.source is not None and not previous.complete:
+            state = replace(previous, complete=True)
+        return Batch(rows=[], state=state, has_more=False, row_bytes=0, pages=self.pages)
+
+    def finish(self) -> Batch | None:
+        """The batch with its state, sized exactly; None when rows were given back to make it
+        fit (settle again)."""
+        rows, plan = self.rows, self.plan
+        last_row = rows[-1] if rows else self.last_flushed
         assert last_row is not None
         state = replace(
-            base,
+            self.base,
             source=plan.source,
             cursor=plan.cursor,
             primary_key=plan.primary_key,
-            after=position(last_row),
-            complete=not has_more,
-            bytes_per_row=max(1, used // (flushed + len(rows))),
+            after=self.position(last_row),
+            complete=not self.has_more,
+            bytes_per_row=max(1, self.used // (self.flushed + len(rows))),
             start=None,
         )
-        if annotate is not None:
-            state = annotate(state, rows)
-        excess = overhead(state) + used - 2 - config.max_response_bytes  # exact, with the state
-        if excess <= 0:
-            delivered = list(map(dict, map(zip, itertools.repeat(names), rows)))
+        keys = self.keys(rows)
+        if self.annotate is not None:
+            state = self.annotate(state, keys)
+        excess = self.overhead(state) + self.used - 2 - self.config.max_response_bytes
+        if excess <= 0:  # exact, with the state
             return Batch(
-                rows=delivered, state=state, has_more=has_more, row_bytes=used - 2, pages=pages
+                rows=list(rows),
+                state=state,
+                has_more=self.has_more,
+                row_bytes=self.used - 2,
+                pages=self.pages,
+                keys=keys,
             )
         if not rows:
             raise _state_error(f"its entry for {plan.source} does not fit in a response")
         # Give back rows worth the excess at once (each also takes its part of the state, if
         # any, with it), then measure again: a few rounds, not one per row.
-        shrinking = True
+        self.shrinking = True
         given = 0
         while rows and given < excess:
-            lookahead, has_more = rows.pop(), True
-            size = sizes.pop()
-            used -= size
-            given += size
+            self.lookahead, self.has_more = rows.pop(), True
+            self.used -= self.size(self.lookahead) + 2
+            given += self.size(self.lookahead) + 2
+        return None
 
 
 def _row_too_large(plan: TablePlan, config: Config) -> RowTooLargeError:
@@ -2746,15 +2985,71 @@ def _parse_bind(sql: str, params: Mapping[str, str | None], encoding: str) -> by
     return _message(b"P", parse) + _message(b"B", bytes(bind))
 
 
-def _read_message(read: Callable[[int], bytes]) -> tuple[bytes, bytes]:
-    header = read(5)
-    if len(header) != 5:
-        raise pg8000.native.InterfaceError("network error")
-    code, length = _HEADER.unpack(header)
-    data = read(length - 4)
-    if len(data) != length - 4:
-        raise pg8000.native.InterfaceError("network error")
-    return code, data
+# The pg8000 versions whose internals PgWire uses (checked on every connection: a pg8000 that
+# moved them fails loudly, naming what is missing, instead of misreading the wire).
+PG8000_VERSIONS = ("1.31.",)
+
+
+class PgWire:
+    """The pg8000 internals the wire code uses, all here: a connection's buffered socket file
+    (``_sock``, read and write), its raw socket (``_usock``, for timeouts), and its message
+    handlers (``message_types``: errors, notices, parameter status, ReadyForQuery, with
+    ``pg8000.core.Context``). Everything else of the protocol is done here."""
+
+    def __init__(self, con: Any) -> None:
+        problems = check_pg8000(con)
+        if problems:
+            raise SourceError(
+                f"pg8000 {pg8000.__version__} is not a version this function was built for "
+                f"({' or '.join(v + 'x' for v in PG8000_VERSIONS)}): {'; '.join(problems)}"
+            )
+        self.file = con._sock
+        self.raw = con._usock
+        self.handlers: dict[bytes, Callable[[bytes, Any], None]] = con.message_types
+
+    def settimeout(self, seconds: float) -> None:
+        self.raw.settimeout(seconds)
+
+    def send(self, data: bytes | bytearray) -> None:
+        self.file.write(data)
+        self.file.flush()
+
+    def handle(self, code: bytes, data: bytes, context: Any) -> None:
+        """Let pg8000 handle a message this code does not read itself."""
+        self.handlers[code](data, context)
+
+    @staticmethod
+    def context(sql: str) -> Any:
+        return pg8000.core.Context(sql)
+
+
+def check_pg8000(con: Any) -> list[str]:
+    """What of the internals PgWire needs this pg8000 connection lacks (empty when none)."""
+    problems = []
+    if not str(pg8000.__version__).startswith(PG8000_VERSIONS):
+        problems.append(f"version {pg8000.__version__}")
+    for name in ("_sock", "_usock", "message_types"):
+        if not hasattr(con, name):
+            problems.append(f"the connection has no {name}")
+    handlers = getattr(con, "message_types", {})
+    for code in (b"E", b"N", b"S", b"Z", b"1", b"2", b"3", b"n", b"I"):
+        if code not in handlers:
+            problems.append(f"no handler for message {code.decode()!r}")
+    context = getattr(getattr(pg8000, "core", None), "Context", None)
+    if context is None or "error" not in getattr(context("SELECT 1"), "__dict__", {}):
+        problems.append("pg8000.core.Context has no error")
+    return problems
+
+
+def _row_description(data: bytes) -> list[int]:
+    """The type OIDs of a RowDescription message's columns."""
+    count = _INT16.unpack_from(data, 0)[0]
+    oids, i = [], 2
+    for _ in range(count):
+        i = data.index(_NUL, i) + 1  # the column name
+        oids.append(_INT32.unpack_from(data, i + 6)[0])  # after table OID and attribute number
+        i += 18
+    return oids
 
 
 def wire_query(
@@ -2764,93 +3059,82 @@ def wire_query(
     *,
     prelude: Sequence[tuple[str, Mapping[str, str | None]]] = (),
     max_bytes: int | None = None,
+    reader: ReaderFor = row_decoder,
 ) -> Page:
     """Run ``sql`` on pg8000 connection ``con``; keep at most about ``max_bytes`` of row data.
 
-    The prelude statements run first in the same round trip; an error in any statement raises
-    pg8000's DatabaseError once the server is ready again.
+    Each row is what ``reader`` (given the result's column type OIDs) makes of a DataRow's
+    payload: by default its values, decoded. The prelude statements run first in the same
+    round trip; an error in any statement raises pg8000's DatabaseError once the server is
+    ready again.
     """
-    encoding = con._client_encoding
+    wire = con if isinstance(con, PgWire) else PgWire(con)
     out = bytearray()
     for prelude_sql, prelude_params in prelude:
-        out += _parse_bind(prelude_sql, prelude_params, encoding) + _execute_message(0)
+        out += _parse_bind(prelude_sql, prelude_params, "utf-8") + _execute_message(0)
     chunk = 0 if max_bytes is None else FIRST_CHUNK_ROWS
-    out += _parse_bind(sql, params, encoding) + _DESCRIBE_PORTAL
+    out += _parse_bind(sql, params, "utf-8") + _DESCRIBE_PORTAL
     out += _execute_message(chunk) + _FLUSH
-    sock = con._sock
-    read = sock.read
-    handlers = con.message_types
-    context = pg8000.core.Context(sql)
-    funcs: list[Callable[[str], JSONValue] | None] | None = None
-    rows: list[list[JSONValue]] = []
-    unpack_int = _INT32.unpack_from
+    read, header = wire.file.read, _HEADER.unpack
+    context = wire.context(sql)
+    make: RowReader | None = None
+    rows: list[Any] = []
+    append = rows.append
     kept = widest = 0
+    cap = math.inf if max_bytes is None else max_bytes
     full = dropped = complete = synced = False
     pending = len(prelude)  # statements whose results come first and are dropped
     try:
-        sock.write(out)
-        sock.flush()
+        wire.send(out)
         while True:
-            code, data = _read_message(read)
+            head = read(5)  # inline: this loop runs once per row
+            if len(head) != 5:
+                raise pg8000.native.InterfaceError("network error")
+            code, length = header(head)
+            data = read(length - 4)
+            if len(data) != length - 4:
+                raise pg8000.native.InterfaceError("network error")
             if code == b"D":
-                if funcs is None:
+                if make is None:
                     continue  # a row of a prelude statement
                 if full:
                     dropped = True
                     continue
-                text = data.decode("ascii") if data.isascii() else None
-                row: list[JSONValue] = []
-                append = row.append
-                i = 2
-                for func in funcs:
-                    size = unpack_int(data, i)[0]
-                    i += 4
-                    if size < 0:
-                        append(None)
-                        continue
-                    end = i + size
-                    value = text[i:end] if text is not None else str(data[i:end], encoding)
-                    append(value if func is None else func(value))
-                    i = end
-                rows.append(row)
-                kept += len(data)
-                widest = max(widest, len(data))
-                if max_bytes is not None and kept > max_bytes and len(rows) >= 2:
+                append(make(data))
+                size = len(data)
+                kept += size
+                if size > widest:
+                    widest = size
+                if kept > cap and len(rows) >= 2:
                     full = True
             elif code == b"T":
-                handlers[code](data, context)
-                funcs = [None if f is str else f for f in context.input_funcs]
-                encoding = con._client_encoding
+                make = reader(_row_description(data))
             elif code == b"C":
                 if pending:
                     pending -= 1
                     continue
                 complete = not dropped
-                sock.write(_SYNC)
-                sock.flush()
+                wire.send(_SYNC)
                 synced = True
             elif code == b"s":  # the chunk is done and the result goes on
                 if full:
-                    sock.write(_SYNC)
-                    sock.flush()
+                    wire.send(_SYNC)
                     synced = True
                 else:
                     assert max_bytes is not None
                     room_rows = (max_bytes - kept) // max(widest, 1) + 1
                     chunk = max(1, min(MAX_CHUNK_ROWS, 4 * chunk, room_rows))
-                    sock.write(_execute_message(chunk) + _FLUSH)
-                    sock.flush()
+                    wire.send(_execute_message(chunk) + _FLUSH)
             elif code == b"E":
-                handlers[code](data, context)
+                wire.handle(code, data, context)
                 if not synced:
-                    sock.write(_SYNC)
-                    sock.flush()
+                    wire.send(_SYNC)
                     synced = True
             elif code == b"Z":
-                handlers[code](data, context)
+                wire.handle(code, data, context)
                 break
             else:
-                handlers[code](data, context)
+                wire.handle(code, data, context)
     except (OSError, ValueError, pg8000.native.InterfaceError) as e:  # ValueError: a write
         if context.error is not None:  # to a closed socket file
             raise context.error from None  # a FATAL error: the server said why, then hung up
@@ -2858,6 +3142,50 @@ def wire_query(
     if context.error is not None:
         raise context.error
     return Page(rows, complete)
+
+
+def wire_pipeline(
+    wire: PgWire, segments: Sequence[Sequence[tuple[str, Mapping[str, str | None]]]]
+) -> list[list[list[JSONValue]] | BaseException]:
+    """Run groups of statements in one round trip, each group followed by its own Sync, so an
+    error fails only its group; for each group, its last statement's rows (decoded) or the
+    error. For small results (the session's set-up)."""
+    out = bytearray()
+    for statements in segments:
+        for sql, params in statements:
+            out += _parse_bind(sql, params, "utf-8") + _DESCRIBE_PORTAL + _execute_message(0)
+        out += _SYNC
+    read, header = wire.file.read, _HEADER.unpack
+    results: list[list[list[JSONValue]] | BaseException] = []
+    try:
+        wire.send(out)
+        for statements in segments:
+            context = wire.context(statements[-1][0])
+            rows: list[list[JSONValue]] = []
+            decode: Callable[[bytes], list[JSONValue]] | None = None
+            while True:
+                head = read(5)
+                if len(head) != 5:
+                    raise pg8000.native.InterfaceError("network error")
+                code, length = header(head)
+                data = read(length - 4)
+                if len(data) != length - 4:
+                    raise pg8000.native.InterfaceError("network error")
+                if code == b"T":
+                    decode, rows = row_decoder(_row_description(data)), []
+                elif code == b"D":
+                    if decode is not None:
+                        rows.append(decode(data))
+                elif code in (b"C", b"n"):
+                    pass  # a statement done; the group's last one's rows are kept
+                else:
+                    wire.handle(code, data, context)
+                    if code == b"Z":
+                        break
+            results.append(rows if context.error is None else context.error)
+    except (OSError, ValueError) as e:  # ValueError: a write to a closed socket file
+        raise pg8000.native.InterfaceError("network error") from e
+    return results
 
 
 def parse_text_array(text: str) -> list[str]:
@@ -2943,6 +3271,7 @@ class Source:
         self.deadline = deadline
         self.transaction = transaction  # False: each statement on its own (setup tests)
         self.con: pg8000.native.Connection | None = None
+        self.wire: PgWire | None = None
         self.search_path: list[str] = []  # the user's schemas, read before the path is pinned
         self.table: str | None = None  # the table being read, for messages
         # Catalog rows of a whole schema, read at once (see prefetch_catalog).
@@ -2987,6 +3316,7 @@ class Source:
             forget_iam_credentials()  # auth=iam: the next invocation asks AWS again
             raise _source_error(e, config, "connecting") from None
         try:
+            self.wire = PgWire(self.con)
             self._start_session()
         except BaseException:
             self.close()
@@ -2994,25 +3324,30 @@ class Source:
         return self
 
     def query(
-        self, action: str, sql: str, params: Mapping[str, str | None], max_bytes: int | None = None
+        self,
+        action: str,
+        sql: str,
+        params: Mapping[str, str | None],
+        max_bytes: int | None = None,
+        reader: ReaderFor = row_decoder,
     ) -> Page:
         """Run one statement, timed to end before the invocation does."""
-        assert self.con is not None
+        assert self.wire is not None
         left_ms = self._time_left_or_fail()
         timeout_ms = int(left_ms)
         if self.config.statement_timeout_s is not None:
             timeout_ms = min(timeout_ms, int(self.config.statement_timeout_s * 1000))
         # The server gives up first; the socket a little later, still inside the time kept
         # free at the end of the invocation.
-        sock = getattr(self.con, "_usock", None)
-        if sock is not None:
-            sock.settimeout(timeout_ms / 1000 + max(1.0, min(5.0, timeout_ms / 10_000)))
+        self.wire.settimeout(timeout_ms / 1000 + max(1.0, min(5.0, timeout_ms / 10_000)))
         # (BEGIN goes alone: a statement before it in the same round trip would take the
         # snapshot first.)
         prelude = [] if sql == BEGIN_SQL else [(TIMEOUT_SQL, {"ms": str(max(1, timeout_ms))})]
         started = time.monotonic()
         try:
-            page = wire_query(self.con, sql, params, prelude=prelude, max_bytes=max_bytes)
+            page = wire_query(
+                self.wire, sql, params, prelude=prelude, max_bytes=max_bytes, reader=reader
+            )
         except (pg8000.native.Error, OSError, ssl.SSLError) as e:
             raise _source_error(e, self.config, action, self.table) from None
         log(
@@ -3051,12 +3386,12 @@ class Source:
             return None
         return self._catalog[2].get(name, [])
 
-    def fetch(self, sql: str, params: dict[str, str | None], max_bytes: int) -> Page:
-        return self.query("reading rows", sql, params, max_bytes)
+    def fetch(
+        self, sql: str, params: dict[str, str | None], max_bytes: int, reader: ReaderFor
+    ) -> Page:
+        return self.query("reading rows", sql, params, max_bytes, reader)
 
-    def _set(self, settings: Mapping[str, str]) -> None:
-        sql, params = session_sql(settings)
-        values = self.query("starting the session", sql, params).rows[0]
+    def _check(self, settings: Mapping[str, str], values: Sequence[JSONValue]) -> None:
         for (name, wanted), got in zip(settings.items(), values, strict=True):
             reported = " ".join(str(got).split()).lower()
             if SETTING_ALIASES.get(reported, reported) != wanted.lower():
@@ -3067,28 +3402,47 @@ class Source:
                 )
 
     def _start_session(self) -> None:
-        assert self.con is not None
-        for oid, adapter in ALL_IN_ADAPTERS.items():
+        """The session's set-up in one round trip: the user's search_path read, the settings
+        pinned (each optional one on its own, so one the server lacks fails alone), the
+        read-only transaction begun; each checked in turn."""
+        assert self.con is not None and self.wire is not None
+        for oid, adapter in ALL_IN_ADAPTERS.items():  # pg8000's own reads: as row_decoder's
             self.con.register_in_adapter(oid, adapter)
-        schemas = self.query("reading the search_path", SEARCH_PATH_SQL, {}).rows[0][0]
-        self.search_path = parse_text_array(str(schemas))
-        self._set(SESSION_SETTINGS)
-        try:
-            self._set(OPTIONAL_SESSION_SETTINGS)
-        except SourceError as e:
-            if e.sqlstate != SQLSTATE_UNDEFINED_OBJECT:
-                raise
-            for name, value in OPTIONAL_SESSION_SETTINGS.items():  # set those that exist
-                try:
-                    self._set({name: value})
-                except SourceError as each:
-                    if each.sqlstate != SQLSTATE_UNDEFINED_OBJECT:
-                        raise
+        timeout_ms = int(self._time_left_or_fail())
+        if self.config.statement_timeout_s is not None:
+            timeout_ms = min(timeout_ms, int(self.config.statement_timeout_s * 1000))
+        self.wire.settimeout(timeout_ms / 1000 + max(1.0, min(5.0, timeout_ms / 10_000)))
+        optional = [{name: value} for name, value in OPTIONAL_SESSION_SETTINGS.items()]
+        segments: list[tuple[str, list[tuple[str, Mapping[str, str | None]]]]] = [
+            ("reading the search_path", [(TIMEOUT_SQL, {"ms": str(timeout_ms)})]),
+            ("starting the session", [session_sql(SESSION_SETTINGS)]),
+        ]
+        segments[0][1].append((SEARCH_PATH_SQL, {}))
+        segments += [("starting the session", [session_sql(each)]) for each in optional]
         if self.transaction:
-            self.query("starting a read-only transaction", BEGIN_SQL, {})
+            segments.append(("starting a read-only transaction", [(BEGIN_SQL, {})]))
+        try:
+            results = wire_pipeline(self.wire, [statements for _, statements in segments])
+        except (pg8000.native.Error, OSError, ssl.SSLError) as e:
+            raise _source_error(e, self.config, "starting the session") from None
+        for i, ((action, _), result) in enumerate(zip(segments, results, strict=True)):
+            if isinstance(result, BaseException):
+                error = _source_error(result, self.config, action)
+                in_optional = 2 <= i < 2 + len(optional)
+                if in_optional and getattr(error, "sqlstate", None) == SQLSTATE_UNDEFINED_OBJECT:
+                    continue  # a setting this server does not have (Redshift)
+                raise error
+        first, pinned = results[0], results[1]
+        assert isinstance(first, list) and isinstance(pinned, list)
+        self.search_path = parse_text_array(str(first[0][0]))
+        self._check(SESSION_SETTINGS, pinned[0])
+        for each, result in zip(optional, results[2:], strict=False):
+            if isinstance(result, list):
+                self._check(each, result[0])
+        log(logging.DEBUG, "session", statements=sum(len(st) for _, st in segments))
 
     def close(self) -> None:
-        con, self.con = self.con, None
+        con, self.con, self.wire = self.con, None, None
         if con is not None:
             with contextlib.suppress(pg8000.native.Error, OSError):
                 con.close()  # a broken connection is gone either way
@@ -3693,11 +4047,6 @@ class ByteSink(Protocol):
     def write(self, data: bytes, /) -> None: ...
 
 
-# Strict, compact JSON as UTF-8. A lone surrogate (possible in a json column's "\ud800") is not
-# encodable: backslashreplace writes it as the JSON escape \ud800, which reads back the same.
-_s3_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
-
-
 def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
@@ -3706,9 +4055,9 @@ class JsonObjectStream:
     """Fivetran's S3 payload, written piece by piece into ``out`` (an S3Upload):
     ``{"insert":{"t":[row,...],...},"delete":{"t":[keys,...],...}}``.
 
-    Call ``begin_table``, ``rows`` (or ``row_texts``) any number of times, ``end_table``, for
-    each table; then ``deletes`` for each table that has some; then ``finish``. Values must
-    already be JSON values (as the value encoders give them); NaN raises ValueError.
+    Call ``begin_table``, ``rows`` any number of times, ``end_table``, for each table; then
+    ``deletes`` for each table that has some; then ``finish``. Rows come as JSON texts (as the
+    row transcoders write them); deletes as key dicts of JSON values (NaN raises ValueError).
     """
 
     def __init__(self, out: ByteSink) -> None:
@@ -3741,23 +4090,11 @@ class JsonObjectStream:
         self._current = name
         self._phase, self._first_in_table = "table", True
 
-    def rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Append rows (JSON-ready dicts) to the open table: one encoding for all of them."""
+    def rows(self, texts: Sequence[str]) -> None:
+        """Append rows to the open table, each already a JSON object's text (strict JSON, as
+        the row transcoders write it in the S3 style)."""
         if self._phase != "table":
             raise RuntimeError("rows() outside begin_table() ... end_table()")
-        if not rows:
-            return
-        text = _s3_encode(rows if isinstance(rows, list) else list(rows))
-        self._write((b"" if self._first_in_table else b",") + _utf8(text[1:-1]))
-        self._first_in_table = False
-        self.rows_written += len(rows)
-        self.table_rows[self._current] += len(rows)
-
-    def row_texts(self, texts: Iterable[str]) -> None:
-        """Append rows already encoded as JSON object texts (strict JSON each)."""
-        if self._phase != "table":
-            raise RuntimeError("row_texts() outside begin_table() ... end_table()")
-        texts = list(texts)
         if not texts:
             return
         self._write((b"" if self._first_in_table else b",") + _utf8(",".join(texts)))
@@ -4011,7 +4348,7 @@ class Response:
             self.started = None
         if self.started is None:
             self.started = int(time.time())
-        self.inserts: dict[str, list[Row]] = {}
+        self.inserts: dict[str, list[str]] = {}  # rows as JSON object texts, per table
         self.row_bytes: dict[str, int] = {}  # serialised rows with separators, per table
         self.deletes: dict[str, list[Row]] = {}
         self.delete_bytes: dict[str, int] = {}
@@ -4047,7 +4384,7 @@ class Response:
             self.stream.end_table()
             self._open = None
 
-    def stream_rows(self, rows: list[Row]) -> None:
+    def stream_rows(self, rows: list[str]) -> None:
         """The rows a batch hands on as it reads (syncing through S3)."""
         assert self.stream is not None
         self.stream.rows(rows)
@@ -4086,7 +4423,7 @@ class Response:
             self.inserts.setdefault(destination, [])
             self._skeleton = None
 
-    def add_rows(self, destination: str, rows: list[Row], row_bytes: int) -> None:
+    def add_rows(self, destination: str, rows: list[str], row_bytes: int) -> None:
         """Rows of ``destination`` (``row_bytes``: their serialised bytes with separators)."""
         if not rows:
             return
@@ -4123,8 +4460,8 @@ class Response:
         return bool(self.rows) or bool(self.deletes)
 
     def returned(self, has_more: bool) -> dict[str, Any]:
-        """What the function returns: everything, or, syncing through S3, all but the rows
-        and deletes (which are in the object)."""
+        """What the function returns: everything (the rows as JSON object texts), or, syncing
+        through S3, all but the rows and deletes (which are in the object)."""
         body = self.body(has_more)
         if self.stream is not None:
             del body["insert"]
@@ -4154,6 +4491,21 @@ class Response:
 
     def _deletes_size(self) -> int:
         return sum(self.delete_bytes.values())
+
+    def document(self, has_more: bool) -> bytes:
+        """The returned response as the JSON document the Lambda runtime sends, as
+        ``json.dumps`` writes it: the rows' texts spliced in as they were read, so its size is
+        exactly ``size()`` (syncing through S3, of the small returned response)."""
+        parts = []
+        for name, value in self.returned(has_more).items():
+            if name == "insert":
+                text = ", ".join(
+                    f"{_encode(table)}: [{', '.join(rows)}]" for table, rows in value.items()
+                )
+                parts.append(f'"insert": {{{text}}}')
+            else:
+                parts.append(f"{_encode(name)}: {_encode(value)}")
+        return ("{" + ", ".join(parts) + "}").encode("utf-8")
 
     def size(self) -> int:
         """Serialised bytes of the response as it stands (an upper bound whatever hasMore);
@@ -4225,11 +4577,6 @@ def _still_configured(config: Config, entry: TableState) -> bool:
     return len(parts) == 2 and parts[0] == selection.schema and selection.selects(parts[1])
 
 
-def _key_of(plan: TablePlan) -> Callable[[Sequence[JSONValue]], Key]:
-    at = [[c.name for c in plan.columns].index(k) for k in plan.primary_key]
-    return lambda values: tuple(values[i] for i in at)
-
-
 def _read_into(
     source: Source,
     config: Config,
@@ -4237,7 +4584,7 @@ def _read_into(
     previous: TableState | None,
     response: Response,
     destination: str,
-    annotate: Callable[[TableState, list[list[JSONValue]]], TableState] | None = None,
+    annotate: Callable[[TableState, list[Key]], TableState] | None = None,
     until: tuple[str | None, ...] | None = None,
 ) -> Batch:
     """Read one batch of ``plan``'s rows after ``previous`` into the response."""
@@ -4267,6 +4614,7 @@ def _read_into(
         max_read_bytes=None if stream is None else S3_READ_BYTES,
         shared=response.has_content(),
         until=until,
+        style=LAMBDA_JSON if stream is None else S3_JSON,
     )
     response.pages += batch.pages
     response.add_rows(destination, batch.rows, batch.row_bytes)
@@ -4380,7 +4728,6 @@ class FullRefresh:
         self.store = store
         self.inline_max = inline_max
         self.destination = spec.destination
-        self.key_of = _key_of(plan)
         self._parts: dict[int, list[Key]] = {}
         # A new sync without a key store checks that the key set will fit, unless the table is
         # read whole in this invocation (its keys then tell exactly).
@@ -4471,10 +4818,8 @@ class FullRefresh:
             )
             index = {k: i for i, k in enumerate(keys)}
         bits = _part_bits(entry, len(index))
-        key_of = self.key_of
 
-        def annotate(state: TableState, rows: list[list[JSONValue]]) -> TableState:
-            keys = list(map(key_of, rows))
+        def annotate(state: TableState, keys: list[Key]) -> TableState:
             for key in keys:
                 i = index.get(key)
                 if i is not None:
@@ -4672,16 +5017,49 @@ def _remaining_ms(context: Any) -> float:
     return float(get()) if callable(get) else float(LOCAL_RUN_TIME_MS)
 
 
-def lambda_handler(request: Any, context: Any) -> dict[str, Any]:
-    """Return the next batch of the configured tables as Fivetran's response."""
-    return run_invocation(request, time_left_ms=_remaining_ms(context))
+RETURN_BYTES_ENV = "REDSHIFT_LAMBDA_RETURN_BYTES"
+RUNTIME_API_ENV = "AWS_LAMBDA_RUNTIME_API"  # set by Lambda for its runtime client
+
+
+def returns_bytes(environ: Mapping[str, str]) -> bool:
+    """Whether the handler returns the finished JSON document as bytes, which the Lambda
+    runtime client (awslambdaric) sends unchanged, instead of a dict it would serialise
+    again: under a Lambda runtime (AWS_LAMBDA_RUNTIME_API set) unless
+    REDSHIFT_LAMBDA_RETURN_BYTES=false; anywhere with REDSHIFT_LAMBDA_RETURN_BYTES=true."""
+    setting = environ.get(RETURN_BYTES_ENV, "").strip().lower()
+    if setting in ("true", "false"):
+        return setting == "true"
+    if setting:
+        raise ConfigurationError(
+            f"environment variable {RETURN_BYTES_ENV} must be true or false, not "
+            f"{shown(environ[RETURN_BYTES_ENV])}"
+        )
+    return bool(environ.get(RUNTIME_API_ENV))
+
+
+def lambda_handler(request: Any, context: Any) -> dict[str, Any] | bytes:
+    """Return the next batch of the configured tables as Fivetran's response: the JSON
+    document as bytes under the Lambda runtime, else (or with the bytes turned off) a dict."""
+    as_bytes = returns_bytes(os.environ)  # a bad setting fails before any work
+    document = invoke(request, time_left_ms=_remaining_ms(context))
+    if as_bytes:
+        return document
+    result: dict[str, Any] = json.loads(document)
+    return result
 
 
 def run_invocation(
     request: Any, *, time_left_ms: float, max_response_bytes: int | None = None
 ) -> dict[str, Any]:
-    """The handler's work for one request, given the time left; ``max_response_bytes`` lifts
-    the byte budget past the Lambda envelope's (for the Connector SDK, which has none)."""
+    """The handler's work for one request, given the time left, as a dict;
+    ``max_response_bytes`` lifts the byte budget past the Lambda envelope's (for the
+    Connector SDK, which has none). The values are those of the JSON document, parsed."""
+    result: dict[str, Any] = json.loads(invoke(request, time_left_ms, max_response_bytes))
+    return result
+
+
+def invoke(request: Any, time_left_ms: float, max_response_bytes: int | None = None) -> bytes:
+    """The handler's work for one request: Fivetran's response as a JSON document (UTF-8)."""
     # Rows are many small containers and none of them form cycles: the cyclic collector would
     # only walk them again and again (measured: up to a fifth of an invocation's time).
     collecting = gc.isenabled()
@@ -4693,7 +5071,7 @@ def run_invocation(
             gc.enable()
 
 
-def _handle(request: Any, remaining_ms: float, max_response_bytes: int | None) -> dict[str, Any]:
+def _handle(request: Any, remaining_ms: float, max_response_bytes: int | None) -> bytes:
     started = time.monotonic()
     margin_ms = min(TIME_MARGIN_MAX_MS, remaining_ms * 0.2)
     deadline = started + (remaining_ms - margin_ms) / 1000
@@ -4730,7 +5108,7 @@ def _handle(request: Any, remaining_ms: float, max_response_bytes: int | None) -
 
 def _sync(
     request: Mapping[str, Any], deadline: float, started: float, max_response_bytes: int | None
-) -> dict[str, Any]:
+) -> bytes:
     setup_test = request.get("setup_test", False)
     if not isinstance(setup_test, bool):
         raise ConfigurationError("the request's 'setup_test' must be true or false")
@@ -4744,7 +5122,7 @@ def _sync(
     with Source(config, deadline, transaction=not setup_test) as source:
         specs = configured_tables(source, config)
         if setup_test:
-            return _setup_test(source, config, specs, state_in)
+            return _encode(_setup_test(source, config, specs, state_in)).encode("utf-8")
         _warn_missing(config, sync, specs)
         if sync.seed is not None:  # the sample function's position: its table goes first
             seeded = [s for s in specs if s.mode == "incremental"][:1]
@@ -4795,7 +5173,7 @@ def _sync(
         table_rows=table_rows,
         table_deletes={d: len(keys) for d, keys in response.deletes.items()},
     )
-    return response.returned(has_more)
+    return response.document(has_more)
 
 
 def _warn_missing(config: Config, sync: SyncState, specs: Sequence[TableSpec]) -> None:
@@ -4913,7 +5291,7 @@ def _setup_test(
     for spec in specs:
         try:
             plan = load_plan(source, spec, config)
-            source.fetch(*build_page_sql(plan, 0), 0)
+            source.fetch(*build_page_sql(plan, 0), 0, row_decoder)
             keys[spec.destination] = list(plan.primary_key)
             if spec.mode == "full" and config.key_store is None:
                 _check_key_set_fits(source, plan, inline_max)
@@ -5121,7 +5499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.monotonic()
         while True:
             t0 = time.monotonic()
-            response = lambda_handler(request, None)
+            response = run_invocation(request, time_left_ms=LOCAL_RUN_TIME_MS)
             calls += 1
             count = sum(len(v) for v in response.get("insert", {}).values())
             deletes = sum(len(v) for v in response.get("delete", {}).values())

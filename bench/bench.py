@@ -116,7 +116,7 @@ prints its figures; a run with `--write` also rewrites the section below.
 # One full-size invocation in a fresh process: peak RSS after import, after the call, and after
 # serialising the response as the Lambda runtime does (in the same process).
 RSS_SNIPPET = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
 sys.dont_write_bytecode = True
 sys.path.insert(0, sys.argv[1])
 request = json.load(sys.stdin)
@@ -137,13 +137,14 @@ import_kb = peak_kb()
 class Context:
     def get_remaining_time_in_millis(self):
         return 900000
+os.environ["REDSHIFT_LAMBDA_RETURN_BYTES"] = "true"  # as under the Lambda runtime
 t0 = time.perf_counter()
-response = lambda_function.lambda_handler(request, Context())
+document = lambda_function.lambda_handler(request, Context())
 seconds = time.perf_counter() - t0
 call_kb = peak_kb()
-size = len(json.dumps(response))
+size = len(document)  # what the runtime sends: nothing is serialised after the handler
 dump_kb = peak_kb()
-rows = sum(len(v) for v in response["insert"].values())
+rows = sum(len(v) for v in json.loads(document)["insert"].values())
 print(json.dumps({"start_kb": start_kb, "import_kb": import_kb, "call_kb": call_kb,
                   "dump_kb": dump_kb, "rows": rows, "bytes": size, "seconds": seconds,
                   "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
@@ -343,12 +344,17 @@ def handler_calls(server: PostgresServer, rows: int, run: HandlerRun) -> Iterato
             "state": state,
             "secrets": secrets,
         }
+        # As under the Lambda runtime: the handler returns the finished document as bytes,
+        # which the runtime sends unchanged (nothing left to serialise).
+        os.environ[lf.RETURN_BYTES_ENV] = "true"
         t0 = time.perf_counter()
-        response = lf.lambda_handler(request, context)
+        document = lf.lambda_handler(request, context)
         seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        size = len(json.dumps(response).encode("utf-8"))
-        serialise_s = time.perf_counter() - t0
+        del os.environ[lf.RETURN_BYTES_ENV]
+        assert isinstance(document, bytes)
+        size, serialise_s = len(document), 0.0
+        response = json.loads(document)  # for the checks only, outside the timing
+        del document
         batch = response["insert"].get(TABLE, [])
         run.duplicates += mark_ids(seen, batch)
         run.invocations.append(
@@ -775,7 +781,7 @@ def build_report(
     serialise_s = sum(c.serialise_s for c in calls)
     figures.append(
         Figure(
-            "json.dumps of all responses (the runtime's cost, not in the throughput)",
+            "Serialisation left to the runtime (the handler returns the document as bytes)",
             f"{serialise_s:.2f} s ({_ratio(serialise_s, handler.seconds):.0%} of handler time)",
         )
     )

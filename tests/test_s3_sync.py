@@ -307,3 +307,44 @@ def test_the_batch_log_line_counts_rows_per_table_in_s3_mode(pg, table_name, s3_
     assert sum(line["table_rows"].get(table_name, 0) for line in lines) == 30
     assert sum(line["table_rows"].get(other, 0) for line in lines) == 7
     assert all(line["rows"] == sum(line["table_rows"].values()) for line in lines)
+
+
+def test_tie_groups_are_read_within_the_s3_read_bound(pg, table_name, s3_env, monkeypatch):
+    """Regression (issue 17, item 4): syncing through S3, the rows that tie on (cursor, key)
+    were read as one group capped at twice the object's budget (s3_max_bytes: hundreds of
+    MB), so memory had no bound. A group read keeps at most what one page may
+    (S3_READ_BYTES): a group within it is delivered whole, a larger one is refused, naming
+    the bound."""
+    monkeypatch.setattr(lf, "S3_READ_BYTES", 200_000)
+    caps: list[int] = []
+    fetch = lf.Source.fetch
+
+    def recording(self: Any, sql: str, params: Any, max_bytes: int, reader: Any) -> Any:
+        caps.append(max_bytes)
+        return fetch(self, sql, params, max_bytes, reader)
+
+    monkeypatch.setattr(lf.Source, "fetch", recording)
+    pg.execute(f"CREATE TABLE {table_name} (id int, updated_at int NOT NULL, pad text)")
+    pg.execute(
+        f"INSERT INTO {table_name} SELECT g, g, repeat('x', 100) FROM generate_series(1, 3000) g"
+    )
+    # 300 rows with the same (updated_at, id): about 40 kB, within the bound.
+    pg.execute(
+        f"INSERT INTO {table_name} SELECT 5000, 5000, repeat('y', 100) || g"
+        " FROM generate_series(1, 300) g"
+    )
+    secrets = secrets_for(pg, table_name)
+    state, objects, _ = s3_sync(s3_env, secrets)
+    rows = [r for body in objects for r in body["insert"][table_name]]
+    assert len(rows) == 3300 and len({(r["id"], r["pad"]) for r in rows}) == 3300
+    assert caps and max(caps) <= 200_000
+    # 3,300 of them: about 400 kB, past the bound: refused, not read whole.
+    pg.execute(
+        f"INSERT INTO {table_name} SELECT 5000, 5000, repeat('z', 100) || g"
+        " FROM generate_series(1, 3000) g"
+    )
+    pg.execute(f"UPDATE {table_name} SET updated_at = 6000 WHERE id = 5000")
+    caps.clear()
+    with pytest.raises(lf.SourceError, match="than fit in the 200000 bytes one read of the S3"):
+        s3_sync(s3_env, secrets, state)
+    assert max(caps) <= 200_000
