@@ -13,7 +13,8 @@ Map, top to bottom (everything above "Credentials" is pure):
 - Constants, Errors
 - Names: identifiers parsed and quoted through one helper
 - Configuration: every setting validated up front; TableSpec per table
-- State: version 2, an entry per destination table; KeySet for full-refresh tables
+- State: version 3, an entry per destination table; a full-refresh table's key set in parts
+  (inline, or in the S3 key store: ``KeyStore``), its lifecycle in ``FullRefresh``
 - SQL building: keyset pages, tie groups, catalog and session statements
 - Value encoding: one Codec per base type (decode, JSON text, position text, orderability,
   tie comparison); the row transcoders generated from it per column layout (a DataRow's

@@ -274,30 +274,6 @@ def test_bitmaps_round_trip():
     assert len(lf.encode_bits(noisy)) <= lf._bits_text_bound(100_000)
 
 
-TEXT, INT8, BOOL, FLOAT8, JSONB = 25, lf.OID_INT8, lf.OID_BOOL, lf.OID_FLOAT8, lf.OID_JSONB
-
-
-@pytest.mark.parametrize(
-    "columns",
-    [
-        [("id", INT8, [1, -(2**63), None, 0])],
-        [("ok", BOOL, [True, False, None, True]), ("f", FLOAT8, [1e-07, 2.5e300, None, -0.0])],
-        [("t", TEXT, ['ü€😀\n"\\\x7f\x00', "", None, "12.30"]), ("k\u00e9y", TEXT, ["x"] * 4)],
-        [('quo"te', TEXT, ["a", "b", "c", "d"]), ("n", INT8, [None] * 4)],
-        [
-            ("j", JSONB, [{"a": [1, 2.5, None, "é"]}, [True, {}], None, "s"]),
-            ("z", TEXT, [None] * 4),
-        ],
-    ],
-)
-def test_page_sizer_is_exact(columns):
-    spec = [lf.Column(name, oid, "t", True) for name, oid, _ in columns]
-    page = [list(values) for values in zip(*(values for _, _, values in columns), strict=True)]
-    rows = [dict(zip([c.name for c in spec], values, strict=True)) for values in page]
-    assert lf.page_sizer(spec)(page) == [lf.json_size(row) + 2 for row in rows]
-    assert lf.page_sizer(spec)([]) == []
-
-
 @pytest.mark.parametrize(
     ("name", "destination"),
     [
