@@ -4408,13 +4408,17 @@ class Response:
         return write_state(SyncState(entries, tuple(self.done), started=self.started))
 
     def state_size(self, replaced: tuple[str, TableState] | None = None) -> int:
-        """Serialised bytes of ``state()`` (with ``replaced``'s entry in place, if given)."""
+        """Serialised bytes of ``state()`` (with ``replaced``'s entry in place, if given, and
+        its table counted in ``done``, which it joins when it finishes: an upper bound)."""
         sizes = dict(self._entry_bytes)
+        done = self.done
         if replaced is not None:
             sizes[replaced[0]] = self._entry_size(*replaced)
+            if replaced[0] not in done:
+                done = [*done, replaced[0]]
         tables = 2 + sum(sizes.values()) + 2 * max(0, len(sizes) - 1)
         started = len(', "started": ') + len(str(self.started))
-        return len('{"version": 0, "tables": , "done": }') + tables + json_size(self.done) + started
+        return len('{"version": 0, "tables": , "done": }') + tables + json_size(done) + started
 
     # -- rows and deletes -------------------------------------------------------------------
     def begin(self, destination: str, primary_key: Sequence[str]) -> None:
@@ -4587,8 +4591,11 @@ def _read_into(
     destination: str,
     annotate: Callable[[TableState, list[Key]], TableState] | None = None,
     until: tuple[str | None, ...] | None = None,
+    widest: Callable[[TableState], TableState] = lambda state: state,
 ) -> Batch:
-    """Read one batch of ``plan``'s rows after ``previous`` into the response."""
+    """Read one batch of ``plan``'s rows after ``previous`` into the response. ``widest``
+    gives the largest form the batch's state may still take before the response is sent (a
+    full table's entry moves on to its next phase and range): that is what is measured."""
     base = previous if previous is not None and previous.source is not None else None
     empty = replace(base, after=None) if base is not None else TableState(plan.source, (), ())
     stream = response.stream
@@ -4607,7 +4614,7 @@ def _read_into(
         plan,
         previous,
         config,
-        lambda state: response.size_with(destination, state),
+        lambda state: response.size_with(destination, widest(state)),
         source.time_left_ms if stream is None else lambda: source.time_left_ms() - S3_FINISH_MS,
         base=base,
         annotate=annotate,
@@ -4828,6 +4835,14 @@ class FullRefresh:
             settled = encode_bits(bits) if index else None
             return replace(state, pending=state.pending + tuple(keys), settled=settled)
 
+        bound = _bits_text_bound(len(index))
+
+        def widest(state: TableState) -> TableState:  # (its next phase, part and bitmap)
+            settled = "A" * bound if index else None
+            return replace(
+                state, complete=False, phase="deleting", part=state.part + 1, settled=settled
+            )
+
         batch = _read_into(
             self.source,
             replace(config, limit=left),
@@ -4837,6 +4852,7 @@ class FullRefresh:
             self.destination,
             annotate,
             until,
+            widest,
         )
         if batch.state is not None:  # (the table's sync is over only once finish() says so)
             entry = replace(batch.state, complete=False)

@@ -476,10 +476,28 @@ def test_template_grants_exactly_the_s3_writes_when_a_bucket_is_given() -> None:
         for name, r in template["Resources"].items()
         if r["Type"] == "AWS::IAM::RolePolicy" and "s3:" in json.dumps(r["Properties"])
     ]
-    assert [name for name, _ in policies] == ["S3SyncWritePolicy"]
+    assert [name for name, _ in policies] == ["S3SyncWritePolicy", "KeyStorePolicy"]
     policy = policies[0][1]
     assert policy["Condition"] == "UseS3Sync"
     (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Effect"] == "Allow"
     assert sorted(statement["Action"]) == ["s3:AbortMultipartUpload", "s3:PutObject"]
     assert statement["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${S3SyncBucket}/*"}
+
+
+def test_template_grants_the_key_store_only_its_prefix() -> None:
+    """Issue 16: the key store's grants (read, write, delete under the prefix; list the bucket
+    under it) exist only when KeyStoreBucket is given."""
+    from cfnlint.decode import cfn_yaml
+
+    template = cfn_yaml.load(str(ROOT / "template.yaml"))
+    assert template["Parameters"]["KeyStoreBucket"]["Default"] == ""
+    policy = template["Resources"]["KeyStorePolicy"]
+    assert policy["Condition"] == "UseKeyStore"
+    objects, listing = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert sorted(objects["Action"]) == ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
+    assert objects["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:s3:::${KeyStoreBucket}/${KeyStorePrefix}/*"
+    }
+    assert listing["Action"] == "s3:ListBucket"
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": {"Fn::Sub": "${KeyStorePrefix}/*"}}}

@@ -305,7 +305,7 @@ def test_the_setup_test_reports_every_problem_at_once(pg, schema):
     assert "no_such_column" in message and f"{schema}.nope" in message
     ok = [tables[2], tables[3]]
     response = lf.lambda_handler({**request, "secrets": tables_secrets(pg, ok)}, None)
-    assert response["insert"] == {"events": [], "orders2": []} and response["hasMore"] is False
+    assert response == {"state": {}, "insert": {}, "hasMore": False}  # small, whatever the tables
 
 
 def test_tables_that_fivetrans_naming_merges_are_refused_before_any_row(pg, schema):
