@@ -213,7 +213,7 @@ def test_session_starts_without_the_settings_redshift_lacks():
         assert len(sync(rs.secrets("rs_rows")).rows) == 5
         statements = list(rs.statements)
     settings = [s for s in statements if "set_config($1" in s]
-    assert len(settings) == 4  # the required ones, the optional pair, then each alone
+    assert len(settings) == 3  # the required ones, then each optional one alone (one trip)
     assert statements.index(lf.BEGIN_SQL) > statements.index(settings[-1])
 
 
