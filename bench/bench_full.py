@@ -121,8 +121,8 @@ class QueryCounter:
     def __enter__(self) -> QueryCounter:
         real, counter = self._real, self
 
-        def counted(source: Any, action: str, sql: str, params: Any, max_bytes: Any = None) -> Any:
-            page = real(source, action, sql, params, max_bytes)
+        def counted(source: Any, action: str, sql: str, params: Any, *args: Any) -> Any:
+            page = real(source, action, sql, params, *args)
             if counter.run is not None:
                 counter.run.queries[action] += 1
                 if action == READ_ACTION:
