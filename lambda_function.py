@@ -4952,8 +4952,12 @@ def _check_key_set_fits(source: Source, plan: TablePlan, inline_max: int) -> Non
         return
     count = int(rows[0][0])
     sample = [tuple(r[1:]) for r in rows]
-    per_key = len(encode_keys(sample)) * 4 / 3 / max(1, len(sample))  # base64 in the state
-    if count * per_key > inline_max:
+    # What each further key adds (compression makes the first keys dearer than the next):
+    # the sample's second half against its first, base64 as the state keeps it.
+    half = len(sample) // 2
+    whole, first = len(encode_keys(sample)), len(encode_keys(sample[:half]))
+    per_key = max(0, whole - first) / max(1, len(sample) - half)
+    if (whole + (count - len(sample)) * per_key) * 4 / 3 > inline_max:
         raise _too_large(plan, count, inline_max)
 
 
