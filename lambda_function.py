@@ -876,6 +876,7 @@ CONNECTOR_STATE_MAX_BYTES = 1_000_000  # the whole state, at most
 INLINE_SET_MAX_BYTES = 24_000  # one key set kept in the state (two coexist during a sync)
 INLINE_SETS_MAX_BYTES = 400_000  # every full table's key sets kept in the state, together
 CONFIRM_KEYS = 2_000  # stored keys checked against the table in one query before they are deleted
+REMOVE_OBJECTS = 10_000  # key-store objects of retired generations removed at a sync's start
 KEY_SAMPLE_ROWS = 1_000  # keys read to estimate what a table's key set weighs
 _KEYS_INT, _KEYS_TEXT = b"I", b"T"
 _JSON_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -4190,6 +4191,7 @@ class KeyStore:
         digest = hashlib.sha256(destination.encode()).hexdigest()[:12]
         self.table_prefix = "/".join(p for p in (config.prefix, f"{slug}-{digest}") if p) + "/"
         self._manifests: dict[str, list[tuple[int, str]]] = {}
+        self._previous: dict[str, str | None] = {}  # manifest digest -> the manifest before it
 
     def _key(self, gen: str, name: str) -> str:
         return f"{self.table_prefix}{gen}/{name}"
@@ -4235,11 +4237,13 @@ class KeyStore:
         try:
             data = json.loads(self._get(key, stored.manifest))
             parts = [(int(n), str(d)) for n, d in data["parts"]]
+            before = data.get("previous")
         except (ValueError, KeyError, TypeError):
             raise StateError(f"the key store manifest {shown(key)} is not readable") from None
         if len(parts) != stored.parts or sum(n for n, _ in parts) != stored.count:
             raise StateError(f"the key store manifest {shown(key)} disagrees with the state")
         self._manifests[stored.manifest] = parts
+        self._previous[stored.manifest] = before if isinstance(before, str) else None
         return parts
 
     def part(self, stored: StoredSet, index: int) -> list[Key]:
@@ -4256,13 +4260,19 @@ class KeyStore:
 
     def append(self, stored: StoredSet | None, keys: Sequence[Key]) -> StoredSet:
         """``stored`` (None: a new generation) with ``keys`` added as new parts: the parts, then
-        a new manifest, each a new object; the previous manifest stays for a retry."""
+        a new manifest, each a new object. The manifest the request's state names stays (a
+        retry starts from it); the one before it, which no state can name any more, is
+        removed, so a generation holds its parts and at most two manifests."""
+        previous: str | None = None
         if stored is None or stored.gen is None:
             gen = secrets.token_hex(8)
             parts: list[tuple[int, str]] = []
             count = 0
         else:
             gen, parts, count = stored.gen, list(self.manifest(stored)), stored.count
+            if stored.parts:
+                assert stored.manifest is not None
+                previous = self._manifest_key(gen, stored.parts, stored.manifest)
         for i in range(0, len(keys), STORE_PART_KEYS):
             chunk = keys[i : i + STORE_PART_KEYS]
             body = encode_keys(chunk)
@@ -4271,29 +4281,41 @@ class KeyStore:
             self._call("PutObject", key, Key=key, Body=body)
             parts.append((len(chunk), digest))
             count += len(chunk)
-        body = json.dumps({"gen": gen, "parts": parts}).encode()
+        body = json.dumps({"gen": gen, "parts": parts, "previous": previous}).encode()
         digest = hashlib.sha256(body).hexdigest()
         key = self._manifest_key(gen, len(parts), digest)
         self._call("PutObject", key, Key=key, Body=body)
+        older = self._previous.get(stored.manifest) if stored and stored.manifest else None
+        if older:
+            self._delete([older])
         self._manifests[digest] = parts
+        self._previous[digest] = previous
         return StoredSet(count, sizes=tuple(n for n, _ in parts), gen=gen, manifest=digest)
 
     def remove_generations(self, keep: Iterable[str]) -> int:
         """Delete this table's objects of every generation but ``keep`` (finished syncs no
-        longer need them; failed invocations left them); the objects removed."""
+        longer need them; failed invocations left them), up to REMOVE_OBJECTS a call (the rest
+        at the next sync's start); the objects removed."""
         kept = {f"{self.table_prefix}{g}/" for g in keep}
+        listed = self._call(
+            "ListObjectsV2", self.table_prefix, Prefix=self.table_prefix, Delimiter="/"
+        )
         removed = 0
-        listed = self._call("ListObjectsV2", self.table_prefix, Prefix=self.table_prefix)
-        names = [
-            o["Key"]
-            for o in listed.get("Contents", ())
-            if not any(o["Key"].startswith(k) for k in kept)
-        ]
-        for i in range(0, len(names), 1000):
-            batch = [{"Key": n} for n in names[i : i + 1000]]
-            self._call("DeleteObjects", self.table_prefix, Delete={"Objects": batch, "Quiet": True})
-            removed += len(batch)
+        for folder in listed.get("CommonPrefixes", ()):
+            prefix = folder.get("Prefix", "")
+            while prefix not in kept and removed < REMOVE_OBJECTS:
+                page = self._call("ListObjectsV2", prefix, Prefix=prefix)
+                names = [o["Key"] for o in page.get("Contents", ())]
+                if not names:
+                    break
+                self._delete(names)
+                removed += len(names)
         return removed
+
+    def _delete(self, names: Sequence[str]) -> None:
+        for i in range(0, len(names), 1000):  # S3 takes 1,000 keys a call
+            batch = [{"Key": n} for n in names[i : i + 1000]]
+            self._call("DeleteObjects", batch[0]["Key"], Delete={"Objects": batch, "Quiet": True})
 
 
 def key_store_grant(config: KeyStoreConfig) -> str:

@@ -107,14 +107,20 @@ def test_a_large_uuid_table_syncs_again_and_again_through_the_key_store(pg, sche
     assert len(gone) == 70_000 // 7
     live = {str(r[0]) for r in pg.execute(f"SELECT id FROM {schema}.u")}
     assert {r["id"] for r in wh.rows("u")} == live
-    # Only the generation the state names is left (older ones removed once not needed).
-    gens = {k.split("/")[3] for k in store_objects(s3, bucket)}
+    # A sync's start removes every generation but the one its state names: after the fourth
+    # sync only the third's (the stored set it began from) and its own are left. Each holds
+    # its parts and at most two manifests (the one a state names, and the one before it).
     fourth = sync_checked(secrets, third.state, warehouse=wh)
-    gens = {k.split("/")[3] for k in store_objects(s3, bucket)}
-    assert gens <= {
-        fourth.state["tables"]["u"]["keys"]["gen"],
+    names = store_objects(s3, bucket)
+    gens = {k.split("/")[3] for k in names}
+    assert gens == {
         third.state["tables"]["u"]["keys"]["gen"],
+        fourth.state["tables"]["u"]["keys"]["gen"],
     }
+    for gen in gens:
+        manifests = [k for k in names if k.split("/")[3] == gen and "/manifest-" in k]
+        parts = [k for k in names if k.split("/")[3] == gen and "/part-" in k]
+        assert 1 <= len(manifests) <= 2 and len(parts) >= 3, (gen, len(manifests), len(parts))
 
 
 def test_a_table_too_large_for_the_state_is_refused_up_front_by_name(pg, schema):
