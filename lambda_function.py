@@ -882,10 +882,6 @@ _KEYS_INT, _KEYS_TEXT = b"I", b"T"
 _JSON_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
-def _is_int_key(key: Key) -> bool:
-    return len(key) == 1 and (type(key[0]) is int or key[0] is None)  # bool is not int here
-
-
 def encode_keys(keys: Sequence[Key]) -> bytes:
     """A key sequence (in the database's order) as compact bytes: a one-column integer key as
     runs of consecutive values (delta-coded, NULLs counted first), any other key front-coded
@@ -4146,10 +4142,6 @@ class KeyStoreConfig:
     bucket: str
     prefix: str
 
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
-
 
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]{0,512}")
 
@@ -4385,13 +4377,14 @@ class Response:
         self.inline_max = min(INLINE_SET_MAX_BYTES, INLINE_SETS_MAX_BYTES // max(1, full))
         self._s3: Any = None
 
-    def key_store(self, destination: str) -> KeyStore | None:
-        """The key store of ``destination``'s key sets, or None when none is set."""
+    def key_store(self, destination: str, time_left_s: float) -> KeyStore | None:
+        """The key store of ``destination``'s key sets, or None when none is set (its client's
+        timeouts and retries sized to the time left in the invocation)."""
         config = self.config.key_store
         if config is None:
             return None
         if self._s3 is None:
-            self._s3 = s3_client(DEFAULT_CONNECT_TIMEOUT_S * 6)
+            self._s3 = s3_client(time_left_s)
         return KeyStore(config, self._s3, destination)
 
     def open_table(self, destination: str) -> None:
@@ -4660,7 +4653,7 @@ def serve_table(
     check_state(previous, plan, spec.mode)
     response.begin(destination, plan.primary_key)
     if spec.mode == "full":
-        store = response.key_store(destination)
+        store = response.key_store(destination, source.time_left_ms() / 1000)
         done = FullRefresh(source, spec, plan, response, store, response.inline_max).run(previous)
         response.close_table()
         return done

@@ -394,6 +394,12 @@ def sync_once(world: World, mid: tuple[int, list[Writes]] | None, state: dict[st
     for calls in range(1, MAX_CALLS + 1):
         response = lf.lambda_handler({"state": state, "secrets": world.secrets}, None)
         check_response(response, case.max_response_bytes)
+        # Issue 16: the state's bounds hold on every response, whatever the tables.
+        assert len(json.dumps(response["state"])) <= lf.CONNECTOR_STATE_MAX_BYTES
+        assert all(
+            len(json.dumps(e)) <= lf.TABLE_STATE_MAX_BYTES
+            for e in response["state"]["tables"].values()
+        )
         world.calls += 1
         for d, spec in response["schema"].items():
             t = tables_[world.dests.index(d)]
